@@ -1,0 +1,47 @@
+"""promptbatch's data: the job file, input rows, the output schema and the price table.
+
+Pure definitions, no I/O; ``flows`` and ``workers`` build on these.
+"""
+
+from schemas.job import (
+    AZURE_INFERENCE_API_VERSION,
+    DEFAULT_MAX_TOKENS,
+    EndpointSpec,
+    JobFileError,
+    JobSpec,
+    Params,
+    PromptSpec,
+    job_from_dict,
+    parse_job,
+)
+from schemas.models import PRICES_AS_OF, ModelInfo, Price, TokenizerName, known_models, model_info
+from schemas.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA, STATUSES, Status, output_table, passthrough_name
+from schemas.rows import BadRowError, PromptRow, build_row, derive_id
+
+__all__ = [
+    "AZURE_INFERENCE_API_VERSION",
+    "DEFAULT_MAX_TOKENS",
+    "OUTPUT_COLUMNS",
+    "OUTPUT_SCHEMA",
+    "PRICES_AS_OF",
+    "STATUSES",
+    "BadRowError",
+    "EndpointSpec",
+    "JobFileError",
+    "JobSpec",
+    "ModelInfo",
+    "Params",
+    "Price",
+    "PromptRow",
+    "PromptSpec",
+    "Status",
+    "TokenizerName",
+    "build_row",
+    "derive_id",
+    "job_from_dict",
+    "known_models",
+    "model_info",
+    "output_table",
+    "parse_job",
+    "passthrough_name",
+]

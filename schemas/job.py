@@ -1,0 +1,202 @@
+"""The job file: what to read, where to write, which deployment to call and how.
+
+Every model here is frozen and forbids unknown keys, so a typo in a job file is an
+error that names the key instead of a setting silently ignored. ``parse_job`` turns
+YAML text into a ``JobSpec`` and pydantic's errors into one ``JobFileError`` whose
+lines each name the offending key by its dotted path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from schemas.models import Price, model_info
+
+DEFAULT_MAX_TOKENS = 1024
+AZURE_INFERENCE_API_VERSION = "2024-05-01-preview"
+
+
+class JobFileError(ValueError):
+    """The job file is not valid; the message names each bad key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EndpointSpec(_Frozen):
+    """One serverless deployment: one model, one key, one quota."""
+
+    url: str
+    api: Literal["mistral", "azure-inference"] = "mistral"
+    model: str
+    api_key_env: str = "AZURE_MISTRAL_KEY"
+    tokens_per_minute: int = Field(200_000, gt=0)
+    requests_per_minute: int = Field(1_000, gt=0)
+    api_version: str = AZURE_INFERENCE_API_VERSION
+    timeout_s: float = Field(120.0, gt=0)
+    max_concurrency: int = Field(64, gt=0, le=1024)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        try:
+            model_info(value)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        return value
+
+
+class PromptSpec(_Frozen):
+    """How rows without ``messages`` become a conversation."""
+
+    system: str | None = None
+    template: str | None = None
+
+
+class Params(_Frozen):
+    """Sampling parameters, sent on whichever route the endpoint speaks.
+
+    ``logprobs`` asks for token log-probabilities where the endpoint accepts them;
+    ``seed`` is sent as ``random_seed`` on the Mistral route and ``seed`` on the Azure one.
+    """
+
+    max_tokens: int = Field(DEFAULT_MAX_TOKENS, gt=0)
+    temperature: float | None = Field(None, ge=0, le=1.5)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stop: list[str] | None = None
+    seed: int | None = Field(None, ge=0)
+    response_format: dict[str, Any] | None = None
+    safe_prompt: bool | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class PriceOverride(_Frozen):
+    """USD per million tokens for one model, replacing the built-in price."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class JobSpec(_Frozen):
+    """A validated job file."""
+
+    input: str
+    output: str
+    endpoint: EndpointSpec | None = None
+    endpoints: tuple[EndpointSpec, ...] | None = None
+    prompt: PromptSpec = PromptSpec()
+    params: Params = Params()
+    budget_usd: float | None = Field(None, gt=0)
+    prices: dict[str, PriceOverride] = {}
+    shard_rows: int = Field(5_000, gt=0)
+    max_attempts: int = Field(6, ge=1, le=20)
+
+    @field_validator("prices")
+    @classmethod
+    def _priced_models_known(cls, value: dict[str, PriceOverride]) -> dict[str, PriceOverride]:
+        for name in value:
+            try:
+                model_info(name)
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_endpoint_form(self) -> JobSpec:
+        if (self.endpoint is None) == (self.endpoints is None):
+            raise ValueError("give exactly one of `endpoint` or `endpoints`")
+        if self.endpoints is not None and not self.endpoints:
+            raise ValueError("`endpoints` is empty")
+        return self
+
+    @property
+    def all_endpoints(self) -> tuple[EndpointSpec, ...]:
+        """The job's deployments, whichever form the file used."""
+        return (self.endpoint,) if self.endpoint is not None else tuple(self.endpoints or ())
+
+    def price(self, model: str) -> Price:
+        """The price of ``model``: the job's override, else the built-in table."""
+        info = model_info(model)
+        for name, override in self.prices.items():
+            if model_info(name).name == info.name:
+                return Price(override.input_per_mtok, override.output_per_mtok)
+        return info.price
+
+    def with_overrides(
+        self, *, input: str | None = None, output: str | None = None, endpoint_url: str | None = None
+    ) -> JobSpec:
+        """A copy with the CLI's ``--input``, ``--output`` and ``--endpoint-url`` applied."""
+        update: dict[str, Any] = {}
+        if input:
+            update["input"] = input
+        if output:
+            update["output"] = output
+        if endpoint_url:
+            if self.endpoint is None:
+                raise JobFileError("--endpoint-url needs a job with a single `endpoint`")
+            update["endpoint"] = self.endpoint.model_copy(update={"url": endpoint_url.rstrip("/")})
+        return self.model_copy(update=update)
+
+    def job_hash(self) -> str:
+        """A digest of everything that changes what a row's completion is.
+
+        Input and output locations, budget and quotas are left out: moving a job or
+        raising its budget does not change its results.
+        """
+        material = {
+            "prompt": self.prompt.model_dump(),
+            "params": self.params.model_dump(),
+            "models": sorted({model_info(e.model).name for e in self.all_endpoints}),
+        }
+        blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_job(text: str, source: str = "job file") -> JobSpec:
+    """Parse and validate YAML job text; raise ``JobFileError`` naming every bad key."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise JobFileError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise JobFileError(f"{source}: expected a mapping of keys at the top level")
+    return job_from_dict(data, source)
+
+
+def job_from_dict(data: dict[str, Any], source: str = "job") -> JobSpec:
+    """Validate an already-parsed job mapping."""
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise JobFileError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def _describe(error: Any) -> str:
+    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key `{path}`"
+    if error["type"] == "missing":
+        return f"missing key `{path}`"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"`{path}`: {message}"

@@ -1,0 +1,133 @@
+"""Input rows: from a JSONL object or Parquet record to a ``PromptRow`` ready to send.
+
+A row carries ``messages`` (a list of ``{role, content}``) or the fields the job's
+template names; an optional ``id`` (derived from the content when absent); optional
+``params`` overriding the job's sampling parameters for that row; and any other
+columns, which are passed through to the output. A row that cannot be sent raises
+``BadRowError`` naming its position and field; the caller turns it into an ``error``
+output row so the good rows still run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.job import Params, PromptSpec
+from schemas.output import passthrough_name
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+_RESERVED = frozenset({"id", "messages", "params"})
+
+
+class BadRowError(ValueError):
+    """An input row that cannot become a request."""
+
+    def __init__(self, position: int, field: str, reason: str, row_id: str | None = None):
+        self.position = position
+        self.field = field
+        self.reason = reason
+        self.row_id = row_id
+        super().__init__(f"row {position}: field `{field}`: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRow:
+    """One validated request-to-be, with what the output row needs to carry along."""
+
+    position: int
+    id: str
+    messages: tuple[dict[str, str], ...]
+    params: Params
+    passthrough: Mapping[str, Any]
+
+
+def build_row(record: Mapping[str, Any], position: int, prompt: PromptSpec, params: Params) -> PromptRow:
+    """Validate one input record and turn it into a ``PromptRow``."""
+    row_id = record.get("id")
+    if row_id is not None and not isinstance(row_id, str | int):
+        raise BadRowError(position, "id", f"must be a string, got {type(row_id).__name__}")
+    row_id = None if row_id is None else str(row_id)
+    try:
+        if record.get("messages") is not None:
+            messages = _messages(record["messages"], position, prompt)
+        else:
+            messages = _from_template(record, position, prompt)
+        row_params = _params(record.get("params"), position, params)
+    except BadRowError as exc:
+        exc.row_id = row_id
+        raise
+    passthrough = {passthrough_name(k): v for k, v in record.items() if k not in _RESERVED}
+    return PromptRow(
+        position=position,
+        id=row_id or derive_id(messages, row_params),
+        messages=messages,
+        params=row_params,
+        passthrough=passthrough,
+    )
+
+
+def derive_id(messages: tuple[dict[str, str], ...], params: Params) -> str:
+    """A stable id from a row's content, for prompt sets that carry none."""
+    blob = json.dumps([list(messages), params.model_dump(exclude_defaults=True)], sort_keys=True)
+    return "sha-" + hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _messages(value: Any, position: int, prompt: PromptSpec) -> tuple[dict[str, str], ...]:
+    if not isinstance(value, list) or not value:
+        raise BadRowError(position, "messages", "must be a non-empty list of {role, content}")
+    messages: list[dict[str, str]] = []
+    for i, message in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(message, Mapping):
+            raise BadRowError(position, where, "must be an object with `role` and `content`")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise BadRowError(position, f"{where}.role", f"must be one of {sorted(ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise BadRowError(position, f"{where}.content", f"must be a string, got {type(content).__name__}")
+        messages.append({"role": role, "content": content})
+    if prompt.system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": prompt.system})
+    if messages[-1]["role"] not in ("user", "tool"):
+        raise BadRowError(position, "messages", "the last message must be from the user or a tool")
+    return tuple(messages)
+
+
+class _Fields(dict[str, Any]):
+    def __missing__(self, key: str) -> Any:
+        raise KeyError(key)
+
+
+def _from_template(record: Mapping[str, Any], position: int, prompt: PromptSpec) -> tuple[dict[str, str], ...]:
+    if prompt.template is None:
+        raise BadRowError(position, "messages", "missing, and the job has no `prompt.template`")
+    try:
+        text = prompt.template.format_map(_Fields(record))
+    except KeyError as exc:
+        raise BadRowError(position, str(exc.args[0]), "missing: the prompt template uses it") from None
+    except (IndexError, ValueError, AttributeError) as exc:
+        raise BadRowError(position, "prompt.template", f"cannot be filled: {exc}") from None
+    messages = [{"role": "user", "content": text}]
+    if prompt.system:
+        messages.insert(0, {"role": "system", "content": prompt.system})
+    return tuple(messages)
+
+
+def _params(value: Any, position: int, params: Params) -> Params:
+    if value is None:
+        return params
+    if not isinstance(value, Mapping):
+        raise BadRowError(position, "params", "must be an object")
+    try:
+        return Params.model_validate({**params.model_dump(exclude_unset=True), **value})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = "params." + ".".join(str(p) for p in first["loc"])
+        reason = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"]
+        raise BadRowError(position, field, reason) from None

@@ -1,0 +1,47 @@
+"""The request engine: endpoint client, quota, retries, worker pool and the simulator.
+
+Nothing here imports Prefect or the Azure SDK; ``flows`` wires these to storage and
+orchestration.
+"""
+
+from workers.client import Completion, EndpointClient, normalize_logprobs, parse_error_body, retry_after_seconds
+from workers.errors import (
+    AuthRejectedError,
+    ContentFilteredError,
+    EndpointError,
+    JobAbortedError,
+    RateLimitedError,
+    RetryableError,
+    RowFailedError,
+    ServerError,
+    TransportError,
+)
+from workers.pool import Engine, Lane, Outcome, Tally
+from workers.quota import Quota
+from workers.retry import RetryPolicy
+from workers.tokens import TokenCounter, TokenizeError
+
+__all__ = [
+    "AuthRejectedError",
+    "Completion",
+    "ContentFilteredError",
+    "EndpointClient",
+    "EndpointError",
+    "Engine",
+    "JobAbortedError",
+    "Lane",
+    "Outcome",
+    "Quota",
+    "RateLimitedError",
+    "RetryPolicy",
+    "RetryableError",
+    "RowFailedError",
+    "ServerError",
+    "Tally",
+    "TokenCounter",
+    "TokenizeError",
+    "TransportError",
+    "normalize_logprobs",
+    "parse_error_body",
+    "retry_after_seconds",
+]

@@ -1,0 +1,261 @@
+"""One deployment's HTTP client: builds the route's request, reads every answer shape.
+
+Two routes reach a serverless Mistral deployment and they differ in what they accept:
+
+- ``mistral``: ``POST /v1/chat/completions``, Mistral's own schema. Unknown fields are
+  rejected with 422, so only its known fields are ever sent; the seed is ``random_seed``.
+- ``azure-inference``: ``POST /chat/completions?api-version=...``, the Azure AI Model
+  Inference schema. The seed is ``seed``, ``stop`` is a list, and non-standard fields
+  (``safe_prompt``) need the header ``extra-parameters: pass-through``.
+
+Log-probabilities are asked for only while the endpoint accepts them: the first 422
+that names ``logprobs`` turns them off for this endpoint and the row is sent again
+without. Both answer shapes (OpenAI chat and the legacy one) are normalized to a list
+of ``{token, logprob, top_logprobs: [{token, logprob}]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import structlog
+from httpx_aiohttp import AiohttpTransport
+
+from schemas import EndpointSpec, Params
+from workers.errors import (
+    AuthRejectedError,
+    ContentFilteredError,
+    EndpointError,
+    RateLimitedError,
+    RowFailedError,
+    ServerError,
+    TransportError,
+)
+
+log = structlog.get_logger(__name__)
+
+_FILTERED = frozenset({"content_filter", "content_filter_error"})
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A successful answer, reduced to what the output and the quota ledger need."""
+
+    response_id: str | None
+    model: str | None
+    content: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: list[dict[str, Any]] | None
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+
+    @property
+    def filtered(self) -> bool:
+        """The content filter cut the answer."""
+        return self.finish_reason in _FILTERED
+
+
+class EndpointClient:
+    """Sends chat completions to one deployment; raises ``workers.errors`` types only."""
+
+    def __init__(self, spec: EndpointSpec, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None):
+        self.spec = spec
+        self.logprobs_accepted = True
+        headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        if spec.api == "azure-inference":
+            self._path = f"/chat/completions?api-version={spec.api_version}"
+        else:
+            self._path = "/v1/chat/completions"
+        self._http = httpx.AsyncClient(
+            base_url=spec.url,
+            headers=headers,
+            timeout=httpx.Timeout(spec.timeout_s, connect=min(10.0, spec.timeout_s)),
+            transport=transport or AiohttpTransport(
+                limits=httpx.Limits(max_connections=spec.max_concurrency,
+                                    max_keepalive_connections=spec.max_concurrency)
+            ),
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> EndpointClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def complete(self, messages: tuple[dict[str, str], ...] | list[dict[str, str]], params: Params) -> Completion:
+        """One chat completion; one more request only if the endpoint refused logprobs."""
+        try:
+            return await self._send(messages, params)
+        except RowFailedError as exc:
+            if params.logprobs and self.logprobs_accepted and exc.status == 422 and "logprobs" in exc.message:
+                self.logprobs_accepted = False
+                log.warning("logprobs_refused", endpoint=self.spec.url, detail=exc.message[:200])
+                return await self._send(messages, params)
+            raise
+
+    def request_body(self, messages: tuple[dict[str, str], ...] | list[dict[str, str]], params: Params) -> tuple[dict[str, Any], dict[str, str]]:
+        """The JSON body and extra headers for this route: only fields the route knows."""
+        body: dict[str, Any] = {"model": self.spec.model, "messages": list(messages), "max_tokens": params.max_tokens}
+        for name in ("temperature", "top_p", "stop", "response_format", "presence_penalty", "frequency_penalty"):
+            value = getattr(params, name)
+            if value is not None:
+                body[name] = value
+        headers: dict[str, str] = {}
+        if params.seed is not None:
+            body["random_seed" if self.spec.api == "mistral" else "seed"] = params.seed
+        if params.safe_prompt is not None:
+            body["safe_prompt"] = params.safe_prompt
+            if self.spec.api == "azure-inference":
+                headers["extra-parameters"] = "pass-through"
+        if params.logprobs and self.logprobs_accepted:
+            body["logprobs"] = True
+            if params.top_logprobs is not None:
+                body["top_logprobs"] = params.top_logprobs
+        return body, headers
+
+    async def _send(self, messages: tuple[dict[str, str], ...] | list[dict[str, str]], params: Params) -> Completion:
+        body, headers = self.request_body(messages, params)
+        try:
+            response = await self._http.post(self._path, json=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise TransportError(f"timed out after {self.spec.timeout_s:g}s ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+        if response.status_code != 200:
+            raise error_from_response(response.status_code, response.content, response.headers)
+        return parse_completion(response.content, response.headers)
+
+
+def parse_completion(content: bytes, headers: httpx.Headers | dict[str, str]) -> Completion:
+    """Read a 200 answer; a truncated or garbled body is a ``TransportError`` (retry)."""
+    try:
+        data = json.loads(content)
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
+        message = choice.get("message") or {}
+        return Completion(
+            response_id=data.get("id"),
+            model=data.get("model"),
+            content=message.get("content"),
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            logprobs=normalize_logprobs(choice.get("logprobs")),
+            remaining_requests=_int_header(headers, "x-ratelimit-remaining-requests"),
+            remaining_tokens=_int_header(headers, "x-ratelimit-remaining-tokens"),
+        )
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise TransportError(f"unreadable 200 body ({len(content)} bytes): {type(exc).__name__}") from exc
+
+
+def normalize_logprobs(raw: Any) -> list[dict[str, Any]] | None:
+    """Both logprobs shapes to ``[{token, logprob, top_logprobs: [{token, logprob}]}]``."""
+    if not raw:
+        return None
+    if isinstance(raw.get("content"), list):  # OpenAI chat shape
+        return [
+            {
+                "token": item["token"],
+                "logprob": float(item["logprob"]),
+                "top_logprobs": [
+                    {"token": top["token"], "logprob": float(top["logprob"])} for top in item.get("top_logprobs") or []
+                ],
+            }
+            for item in raw["content"]
+        ]
+    if isinstance(raw.get("tokens"), list):  # legacy shape: parallel lists
+        tops = raw.get("top_logprobs") or []
+        return [
+            {
+                "token": token,
+                "logprob": float(logprob),
+                "top_logprobs": [
+                    {"token": t, "logprob": float(lp)} for t, lp in (tops[i] if i < len(tops) and tops[i] else {}).items()
+                ],
+            }
+            for i, (token, logprob) in enumerate(zip(raw["tokens"], raw.get("token_logprobs") or [], strict=False))
+        ]
+    return None
+
+
+def error_from_response(status: int, content: bytes, headers: httpx.Headers | dict[str, str]) -> EndpointError:
+    """Classify a non-200 answer by remedy, with the code and message of whichever body shape came."""
+    code, message = parse_error_body(content)
+    retry_after = retry_after_seconds(headers)
+    kwargs: dict[str, Any] = {"status": status, "code": code, "retry_after_s": retry_after}
+    if code == "content_filter":
+        return ContentFilteredError(message, **kwargs)
+    if status == 429:
+        return RateLimitedError(message, **kwargs)
+    if status in (401, 403):
+        return AuthRejectedError(message, **kwargs)
+    if status in (408, 409) or status >= 500:
+        return ServerError(message, **kwargs)
+    return RowFailedError(message, **kwargs)
+
+
+def parse_error_body(content: bytes) -> tuple[str | None, str]:
+    """``(code, message)`` from any of the error shapes these endpoints send."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        text = content.decode("utf-8", "replace").strip()
+        return None, text[:500] or "(empty body)"
+    if not isinstance(data, dict):
+        return None, _text(data)
+    inner = data.get("error")
+    if isinstance(inner, dict):
+        return _code(inner.get("code") or inner.get("type")), _text(inner.get("message") or inner)
+    if isinstance(inner, str):
+        return _code(data.get("code")), inner
+    if "message" in data:
+        return _code(data.get("code") or data.get("type")), _text(data["message"])
+    if "detail" in data:
+        return _code(data.get("code")), _text(data["detail"])
+    return None, _text(data)
+
+
+def retry_after_seconds(headers: httpx.Headers | dict[str, str], now: float | None = None) -> float | None:
+    """The pause the server asked for: ``retry-after-ms``, else ``retry-after`` (seconds or a date)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        if "retry-after-ms" in lowered:
+            return max(0.0, float(lowered["retry-after-ms"]) / 1000)
+        value = lowered.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = parsedate_to_datetime(value).timestamp()
+            return max(0.0, when - (time.time() if now is None else now))
+    except (ValueError, TypeError):
+        return None
+
+
+def _int_header(headers: httpx.Headers | dict[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    try:
+        return None if value is None else int(float(value))
+    except ValueError:
+        return None
+
+
+def _code(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:500]

@@ -1,0 +1,213 @@
+"""The request engine: a fixed set of worker coroutines draining one stream of rows.
+
+Rows come from an async iterable (the caller streams them from storage); each worker
+is bound to one deployment (a ``Lane``) and pulls the next row whenever it is free, so
+rows flow to whichever deployment has capacity. Every row ends as exactly one
+``Outcome`` handed to the caller's ``sink`` from a single drain task, in completion
+order. A ``JobAbortedError`` (a rejected key) stops every worker at once and is
+raised from ``run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from schemas import BadRowError, Price, PromptRow, Status, model_info
+from workers.client import Completion, EndpointClient
+from workers.errors import ContentFilteredError, EndpointError, JobAbortedError, RowFailedError
+from workers.quota import Quota
+from workers.retry import RetryPolicy
+from workers.tokens import TokenCounter, TokenizeError
+
+log = structlog.get_logger(__name__)
+
+Item = PromptRow | BadRowError
+Sink = Callable[["Outcome"], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The final result of one input row."""
+
+    position: int
+    row_id: str | None
+    status: Status
+    passthrough: dict[str, Any] = field(default_factory=dict)
+    completion: Completion | None = None
+    model: str | None = None
+    attempts: int = 0
+    latency_ms: float | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def record(self, price: Price | None) -> dict[str, Any]:
+        """The output row: our columns, then the passed-through ones."""
+        c = self.completion
+        cost = price.cost(self.prompt_tokens, self.completion_tokens) if price else 0.0
+        return {
+            "id": self.row_id,
+            "status": self.status,
+            "completion": c.content if c else None,
+            "finish_reason": c.finish_reason if c else None,
+            "logprobs": c.logprobs if c else None,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "cost_usd": cost,
+            "model": self.model,
+            "response_id": c.response_id if c else None,
+            "latency_ms": self.latency_ms,
+            "attempts": self.attempts,
+            "error": self.error,
+            **self.passthrough,
+        }
+
+
+@dataclass
+class Lane:
+    """One deployment as the pool sees it: its client, its quota, its tokenizer."""
+
+    client: EndpointClient
+    quota: Quota
+    counter: TokenCounter
+    workers: int
+
+    @property
+    def model(self) -> str:
+        """The deployment's model name as the job file gives it."""
+        return self.client.spec.model
+
+
+@dataclass
+class Tally:
+    """Running totals, for progress lines."""
+
+    rows: int = 0
+    by_status: dict[str, int] = field(default_factory=lambda: {"ok": 0, "filtered": 0, "error": 0})
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, outcome: Outcome) -> None:
+        """Count one finished row."""
+        self.rows += 1
+        self.by_status[outcome.status] += 1
+        self.prompt_tokens += outcome.prompt_tokens
+        self.completion_tokens += outcome.completion_tokens
+
+
+class Engine:
+    """Runs rows through a set of lanes with retries; see the module docstring."""
+
+    def __init__(self, lanes: Sequence[Lane], policy: RetryPolicy, *, rng: random.Random | None = None,
+                 progress_every_s: float = 10.0):
+        self.lanes = list(lanes)
+        self.policy = policy
+        self.tally = Tally()
+        self._rng = rng or random.Random()
+        self._progress_every_s = progress_every_s
+
+    async def run(self, rows: AsyncIterable[Item], sink: Sink) -> Tally:
+        """Process every row; return the totals. Raises ``JobAbortedError`` on a fatal answer."""
+        n_workers = sum(lane.workers for lane in self.lanes)
+        inbox: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=2 * n_workers)
+        outbox: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=2 * n_workers)
+        started = time.monotonic()
+
+        async def feed() -> None:
+            async for item in rows:
+                await inbox.put(item)
+            for _ in range(n_workers):
+                await inbox.put(None)
+
+        async def work(lane: Lane) -> None:
+            while (item := await inbox.get()) is not None:
+                await outbox.put(await self._process(lane, item))
+            await outbox.put(None)
+
+        async def drain() -> None:
+            finished, last_report = 0, started
+            while finished < n_workers:
+                outcome = await outbox.get()
+                if outcome is None:
+                    finished += 1
+                    continue
+                self.tally.add(outcome)
+                await sink(outcome)
+                now = time.monotonic()
+                if now - last_report >= self._progress_every_s:
+                    last_report = now
+                    self._report(now - started)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(feed())
+                for lane in self.lanes:
+                    for _ in range(lane.workers):
+                        group.create_task(work(lane))
+                group.create_task(drain())
+        except* JobAbortedError as aborted:
+            raise aborted.exceptions[0] from None
+        self._report(time.monotonic() - started)
+        return self.tally
+
+    def _report(self, elapsed: float) -> None:
+        t = self.tally
+        log.info("progress", rows=t.rows, **t.by_status, prompt_tokens=t.prompt_tokens,
+                 completion_tokens=t.completion_tokens, elapsed_s=round(elapsed, 1),
+                 rows_per_min=round(60 * t.rows / elapsed) if elapsed > 0 else None)
+
+    async def _process(self, lane: Lane, item: Item) -> Outcome:
+        if isinstance(item, BadRowError):
+            return Outcome(item.position, item.row_id, "error", error=f"bad input: {item}")
+        row = item
+        outcome = Outcome(row.position, row.id, "error", passthrough=dict(row.passthrough), model=lane.model)
+        try:
+            prompt_tokens = lane.counter.prompt_tokens(row.messages)
+        except TokenizeError as exc:
+            outcome.error = f"bad input: row {row.position}: field `messages`: {exc}"
+            return outcome
+        context = model_info(lane.model).context_tokens
+        if prompt_tokens + row.params.max_tokens > context:
+            outcome.error = (f"bad input: row {row.position}: prompt of {prompt_tokens} tokens plus max_tokens "
+                             f"{row.params.max_tokens} exceeds the {context}-token context of {lane.model}")
+            return outcome
+        while True:
+            outcome.attempts += 1
+            await lane.quota.admit(prompt_tokens + row.params.max_tokens)
+            sent = time.monotonic()
+            try:
+                completion = await lane.client.complete(row.messages, row.params)
+            except JobAbortedError:
+                raise
+            except EndpointError as exc:
+                pause = self.policy.pause(outcome.attempts, exc, self._rng.random())
+                if pause is None:
+                    return _failed(outcome, exc)
+                await asyncio.sleep(pause)
+                continue
+            outcome.latency_ms = round((time.monotonic() - sent) * 1000, 1)
+            outcome.completion = completion
+            outcome.status = "filtered" if completion.filtered else "ok"
+            outcome.prompt_tokens = completion.prompt_tokens
+            outcome.completion_tokens = completion.completion_tokens
+            return outcome
+
+
+def _failed(outcome: Outcome, exc: EndpointError) -> Outcome:
+    """Record a row whose last attempt failed for good."""
+    if isinstance(exc, ContentFilteredError):
+        outcome.status = "filtered"
+        outcome.completion = Completion(None, None, None, "content_filter", 0, 0, None)
+    elif isinstance(exc, RowFailedError):
+        outcome.error = exc.describe()
+    else:
+        outcome.error = f"{exc.describe()} (gave up after {outcome.attempts} attempts)"
+    return outcome

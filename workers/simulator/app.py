@@ -1,0 +1,272 @@
+"""An Azure serverless Mistral deployment, served over real HTTP for tests, demos and benchmarks.
+
+Routes, as the real deployments have them:
+
+- ``POST /v1/chat/completions`` — Mistral's native schema; an unknown field is a 422.
+- ``POST /chat/completions?api-version=...`` — Azure AI Model Inference; ``seed`` not
+  ``random_seed``, ``stop`` a list, non-standard fields only with
+  ``extra-parameters: pass-through``.
+- ``GET /info`` — the model's name and provider.
+
+Quotas are enforced over a short sliding window (429 with ``retry-after``,
+``retry-after-ms`` and ``x-ratelimit-remaining-*``), usage is counted with the model's
+own tokenizer, error bodies come in the shapes the real service uses, and faults are
+injected at the configured rates. ``GET /_sim/stats`` reports what was billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+
+from workers.simulator.config import SimConfig
+from workers.simulator.text import fabricate, fabricate_logprobs, prompt_digest
+from workers.simulator.window import SlidingWindow
+from workers.tokens import TokenCounter, TokenizeError
+
+NATIVE_FIELDS = frozenset({
+    "model", "messages", "temperature", "top_p", "max_tokens", "min_tokens", "stream", "stop", "random_seed",
+    "response_format", "tools", "tool_choice", "safe_prompt", "ignore_eos", "presence_penalty",
+    "frequency_penalty", "n",
+})
+INFERENCE_FIELDS = frozenset({
+    "model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop", "seed", "response_format",
+    "tools", "tool_choice", "presence_penalty", "frequency_penalty", "n",
+})
+INFERENCE_EXTRA_FIELDS = frozenset({"safe_prompt", "random_seed", "ignore_eos", "min_tokens"})
+LOGPROB_FIELDS = frozenset({"logprobs", "top_logprobs"})
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+class Simulator:
+    """The deployment's state: its window, its tokenizer, its faults and its bill."""
+
+    def __init__(self, config: SimConfig):
+        self.config = config
+        self.counter = TokenCounter(config.model)
+        self.window = SlidingWindow(config.requests_per_minute, config.tokens_per_minute, config.window_s)
+        self.rng = random.Random(config.seed)
+        self.stats: Counter[str] = Counter()
+        self.billed_prompts: Counter[str] = Counter()
+
+    def app(self) -> web.Application:
+        """The aiohttp application serving this deployment."""
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.native)
+        app.router.add_post("/chat/completions", self.inference)
+        app.router.add_get("/info", self.info)
+        app.router.add_get("/_sim/stats", self.report)
+        return app
+
+    # --- routes -------------------------------------------------------------------------
+
+    async def info(self, request: web.Request) -> web.StreamResponse:
+        if (denied := self._authorize(request)) is not None:
+            return denied
+        return web.json_response(
+            {"model_name": self.config.model, "model_type": "chat-completion", "model_provider_name": "Mistral"}
+        )
+
+    async def report(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({
+            **self.stats,
+            "peak_window_requests": self.window.peak_requests,
+            "peak_window_tokens": self.window.peak_tokens,
+            "window_request_limit": self.window.request_limit,
+            "window_token_limit": self.window.token_limit,
+            "prompts_billed_more_than_once": sum(1 for n in self.billed_prompts.values() if n > 1),
+        })
+
+    async def native(self, request: web.Request) -> web.StreamResponse:
+        self.stats["requests"] += 1
+        if (denied := self._authorize(request)) is not None:
+            return denied
+        body, problem = await _json_body(request)
+        if problem is not None:
+            return problem
+        allowed = NATIVE_FIELDS | (LOGPROB_FIELDS if self.config.logprobs != "reject" else frozenset())
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            detail = [{"type": "extra_forbidden", "loc": ["body", name], "msg": "Extra inputs are not permitted",
+                       "input": body[name]} for name in unknown]
+            return self._error(422, {"object": "error", "message": {"detail": detail},
+                                     "type": "invalid_request_error", "param": None, "code": None})
+        return await self._complete(request, body, seed_field="random_seed")
+
+    async def inference(self, request: web.Request) -> web.StreamResponse:
+        self.stats["requests"] += 1
+        if (denied := self._authorize(request)) is not None:
+            return denied
+        if not request.query.get("api-version"):
+            return self._error(400, {"error": {"code": "BadRequest", "message": "The api-version query parameter is required."}})
+        body, problem = await _json_body(request)
+        if problem is not None:
+            return problem
+        allowed = INFERENCE_FIELDS | (LOGPROB_FIELDS if self.config.logprobs != "reject" else frozenset())
+        extra = set(body) - allowed
+        if request.headers.get("extra-parameters", "").lower() == "pass-through":
+            extra -= INFERENCE_EXTRA_FIELDS
+        if extra:
+            return self._error(400, {"error": {"code": "Invalid input", "message": (
+                f"Extra parameters {sorted(extra)} are not allowed when extra-parameters is not set "
+                "or set to be 'error'. Set extra-parameters to 'pass-through' to pass to the model.")}})
+        if "stop" in body and not isinstance(body["stop"], list):
+            return self._error(422, {"error": {"code": "Invalid input", "message": "`stop` must be a list of strings"}})
+        return await self._complete(request, body, seed_field="seed")
+
+    # --- the shared path ----------------------------------------------------------------
+
+    async def _complete(self, request: web.Request, body: dict[str, Any], seed_field: str) -> web.StreamResponse:
+        messages = body.get("messages")
+        if (problem := self._check_messages(messages)) is not None:
+            return problem
+        max_tokens = body.get("max_tokens") or self.config.default_max_tokens
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            return self._error(422, {"object": "error", "message": "max_tokens must be a positive integer",
+                                     "type": "invalid_request_error", "code": None})
+        try:
+            prompt_tokens = self.counter.prompt_tokens(messages)
+        except TokenizeError as exc:
+            return self._error(400, {"object": "error", "message": str(exc), "type": "invalid_request_error", "code": None})
+        if prompt_tokens + max_tokens > self.counter.model.context_tokens:
+            return self._error(400, {"object": "error", "type": "invalid_request_error", "code": None, "message": (
+                f"Prompt contains {prompt_tokens} tokens and {max_tokens} draft tokens, too large for model "
+                f"with {self.counter.model.context_tokens} maximum context length")})
+
+        admission = self.window.try_admit(time.monotonic(), prompt_tokens + max_tokens)
+        limits = {
+            "x-ratelimit-remaining-requests": str(admission.remaining_requests),
+            "x-ratelimit-remaining-tokens": str(admission.remaining_tokens),
+        }
+        if not admission.admitted:
+            self.stats["rate_limited"] += 1
+            return self._error(429, {"error": {"code": "429", "message": "Rate limit is exceeded. Try again later."}},
+                               headers={**limits, "retry-after": str(max(1, round(admission.retry_after_s))),
+                                        "retry-after-ms": str(int(admission.retry_after_s * 1000))})
+        self.stats["admitted"] += 1
+
+        if "[[filter]]" in json.dumps(messages):
+            return self._filtered_400()
+        fault = self._draw_fault()
+        if fault == "server_error":
+            return self._server_error()
+        if fault == "filter_400":
+            return self._filtered_400()
+        if fault == "hang":
+            self.stats["hangs"] += 1
+            await asyncio.sleep(self.config.hang_s)
+
+        fab = fabricate(messages, max_tokens, self.counter, self.config.seed)
+        finish = "content_filter" if fault == "filter" else fab.finish_reason
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": fab.text if finish != "content_filter" else ""},
+                                  "finish_reason": finish}
+        if body.get("logprobs") and finish != "content_filter":
+            shape = "legacy" if self.config.logprobs == "legacy" else "openai"
+            choice["logprobs"] = fabricate_logprobs(fab, self.counter, shape, int(body.get("top_logprobs") or 0))
+        completion_tokens = len(fab.tokens) if finish != "content_filter" else 0
+        payload = {
+            "id": uuid.uuid4().hex, "object": "chat.completion", "created": int(time.time()), "model": self.config.model,
+            "choices": [choice],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+        await asyncio.sleep(self.config.latency_s + self.config.per_token_s * completion_tokens)
+        self.stats["billed_requests"] += 1
+        self.stats["billed_prompt_tokens"] += prompt_tokens
+        self.stats["billed_completion_tokens"] += completion_tokens
+        self.billed_prompts[prompt_digest(messages)] += 1
+        raw = json.dumps(payload).encode()
+        if fault == "reset":
+            self.stats["resets"] += 1
+            _abort(request)
+            return web.Response(status=200)
+        if fault == "truncate":
+            self.stats["truncated"] += 1
+            response = web.StreamResponse(status=200, headers={**limits, "Content-Type": "application/json"})
+            response.content_length = len(raw)
+            await response.prepare(request)
+            await response.write(raw[: len(raw) // 2])
+            _abort(request)
+            return response
+        self.stats["ok"] += 1
+        return web.Response(body=raw, content_type="application/json", headers=limits)
+
+    def _authorize(self, request: web.Request) -> web.StreamResponse | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() == "bearer" and key and (self.config.api_key is None or key == self.config.api_key):
+            return None
+        self.stats["unauthorized"] += 1
+        return self._error(401, {"error": {"code": "Unauthorized", "message": "Access denied due to invalid "
+                                           "subscription key or wrong API endpoint. Make sure to provide a valid key."}})
+
+    def _check_messages(self, messages: Any) -> web.StreamResponse | None:
+        if isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages
+        ):
+            return None
+        return self._error(422, {"object": "error", "message": {"detail": [{
+            "type": "value_error", "loc": ["body", "messages"],
+            "msg": "messages must be a non-empty list of {role, content} with a known role and string content"}]},
+            "type": "invalid_request_error", "param": None, "code": None})
+
+    def _draw_fault(self) -> str | None:
+        roll = self.rng.random()
+        for kind, rate in self.config.faults.items():
+            if roll < rate:
+                self.stats[f"fault_{kind}"] += 1
+                return kind
+            roll -= rate
+        return None
+
+    def _server_error(self) -> web.StreamResponse:
+        status, body = self.rng.choice([
+            (500, {"detail": "Internal Server Error"}),
+            (502, {"message": "upstream connect error or disconnect/reset before headers"}),
+            (503, {"object": "error", "message": "Service temporarily unavailable", "type": "internal_error", "code": "503"}),
+        ])
+        return self._error(status, body)
+
+    def _filtered_400(self) -> web.StreamResponse:
+        self.stats["filtered"] += 1
+        inner = {"code": "content_filter", "message": "The response was filtered due to the prompt triggering "
+                 "content management policy.", "status": 400}
+        return self._error(400, {"error": inner} if self.rng.random() < 0.5 else inner)
+
+    def _error(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.StreamResponse:
+        self.stats[f"status_{status}"] += 1
+        return web.json_response(body, status=status, headers=headers)
+
+
+async def _json_body(request: web.Request) -> tuple[dict[str, Any], web.StreamResponse | None]:
+    try:
+        body = await request.json()
+    except ValueError:
+        return {}, web.json_response({"detail": "request body is not valid JSON"}, status=400)
+    if not isinstance(body, dict):
+        return {}, web.json_response({"detail": "request body must be a JSON object"}, status=422)
+    return body, None
+
+
+def _abort(request: web.Request) -> None:
+    """Drop the connection without a proper answer, like a reset mid-flight."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, str]:
+    """Start serving; returns the runner (``await runner.cleanup()`` to stop) and the base URL."""
+    runner = web.AppRunner(Simulator(config).app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    sockets = site._server.sockets if site._server else []  # aiohttp exposes no public accessor
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return runner, f"http://{host}:{bound}"

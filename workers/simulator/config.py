@@ -1,0 +1,51 @@
+"""What the simulated deployment does: model, key, quota, latency, logprobs, faults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+LogprobsMode = Literal["openai", "legacy", "reject"]
+FAULT_KINDS = ("server_error", "reset", "hang", "truncate", "filter", "filter_400")
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """One simulated Azure serverless Mistral deployment.
+
+    ``faults`` maps a kind from ``FAULT_KINDS`` to the share of admitted requests it
+    hits (0.05 = 5%). A prompt containing ``[[filter]]`` is always refused by the
+    content filter (as a 400), so tests can aim at it.
+    """
+
+    model: str = "mistral-large-2407"
+    api_key: str | None = None
+    tokens_per_minute: int = 200_000
+    requests_per_minute: int = 1_000
+    window_s: float = 10.0
+    latency_s: float = 0.05
+    per_token_s: float = 0.0005
+    logprobs: LogprobsMode = "openai"
+    faults: dict[str, float] = field(default_factory=dict)
+    hang_s: float = 600.0
+    default_max_tokens: int = 8192
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.faults) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kind(s) {sorted(unknown)}; known: {', '.join(FAULT_KINDS)}")
+        if sum(self.faults.values()) > 1:
+            raise ValueError("fault rates add up to more than 1")
+
+
+def parse_faults(text: str) -> dict[str, float]:
+    """``"server_error=0.05,reset=0.02"`` → ``{"server_error": 0.05, "reset": 0.02}``."""
+    faults: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, rate = part.partition("=")
+        try:
+            faults[name.strip()] = float(rate)
+        except ValueError:
+            raise ValueError(f"fault {part!r}: expected NAME=RATE, e.g. server_error=0.05") from None
+    return faults

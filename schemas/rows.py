@@ -28,43 +28,51 @@ _RESERVED = frozenset({"id", "messages", "params"})
 class BadRowError(ValueError):
     """An input row that cannot become a request."""
 
-    def __init__(self, position: int, field: str, reason: str, row_id: str | None = None):
-        self.position = position
+    def __init__(self, where: str, field: str, reason: str, *, seq: int = 0, row_id: str | None = None):
+        self.where = where
         self.field = field
         self.reason = reason
+        self.seq = seq
         self.row_id = row_id
-        super().__init__(f"row {position}: field `{field}`: {reason}")
+        super().__init__(f"{where}: field `{field}`: {reason}" if field else f"{where}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
 class PromptRow:
-    """One validated request-to-be, with what the output row needs to carry along."""
+    """One validated request-to-be, with what the output row needs to carry along.
 
-    position: int
+    ``seq`` numbers the rows of a job's whole input from 0 and decides the output part;
+    ``where`` names the row for people (``news/a.jsonl line 12``).
+    """
+
+    seq: int
+    where: str
     id: str
     messages: tuple[dict[str, str], ...]
     params: Params
     passthrough: Mapping[str, Any]
 
 
-def build_row(record: Mapping[str, Any], position: int, prompt: PromptSpec, params: Params) -> PromptRow:
-    """Validate one input record and turn it into a ``PromptRow``."""
+def build_row(record: Mapping[str, Any], seq: int, where: str, prompt: PromptSpec, params: Params) -> PromptRow:
+    """Validate one input record and turn it into a ``PromptRow``; ``BadRowError`` if it cannot be sent."""
     row_id = record.get("id")
-    if row_id is not None and not isinstance(row_id, str | int):
-        raise BadRowError(position, "id", f"must be a string, got {type(row_id).__name__}")
-    row_id = None if row_id is None else str(row_id)
     try:
+        if row_id is not None and not isinstance(row_id, str | int):
+            raise BadRowError(where, "id", f"must be a string, got {type(row_id).__name__}")
+        row_id = None if row_id is None else str(row_id)
         if record.get("messages") is not None:
-            messages = _messages(record["messages"], position, prompt)
+            messages = _messages(record["messages"], where, prompt)
         else:
-            messages = _from_template(record, position, prompt)
-        row_params = _params(record.get("params"), position, params)
+            messages = _from_template(record, where, prompt)
+        row_params = _params(record.get("params"), where, params)
     except BadRowError as exc:
-        exc.row_id = row_id
+        exc.seq = seq
+        exc.row_id = row_id if isinstance(row_id, str) else None
         raise
     passthrough = {passthrough_name(k): v for k, v in record.items() if k not in _RESERVED}
     return PromptRow(
-        position=position,
+        seq=seq,
+        where=where,
         id=row_id or derive_id(messages, row_params),
         messages=messages,
         params=row_params,
@@ -78,24 +86,24 @@ def derive_id(messages: tuple[dict[str, str], ...], params: Params) -> str:
     return "sha-" + hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _messages(value: Any, position: int, prompt: PromptSpec) -> tuple[dict[str, str], ...]:
+def _messages(value: Any, where: str, prompt: PromptSpec) -> tuple[dict[str, str], ...]:
     if not isinstance(value, list) or not value:
-        raise BadRowError(position, "messages", "must be a non-empty list of {role, content}")
+        raise BadRowError(where, "messages", "must be a non-empty list of {role, content}")
     messages: list[dict[str, str]] = []
     for i, message in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(message, Mapping):
-            raise BadRowError(position, where, "must be an object with `role` and `content`")
+            raise BadRowError(where, where, "must be an object with `role` and `content`")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise BadRowError(position, f"{where}.role", f"must be one of {sorted(ROLES)}, got {role!r}")
+            raise BadRowError(where, f"{where}.role", f"must be one of {sorted(ROLES)}, got {role!r}")
         if not isinstance(content, str):
-            raise BadRowError(position, f"{where}.content", f"must be a string, got {type(content).__name__}")
+            raise BadRowError(where, f"{where}.content", f"must be a string, got {type(content).__name__}")
         messages.append({"role": role, "content": content})
     if prompt.system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": prompt.system})
     if messages[-1]["role"] not in ("user", "tool"):
-        raise BadRowError(position, "messages", "the last message must be from the user or a tool")
+        raise BadRowError(where, "messages", "the last message must be from the user or a tool")
     return tuple(messages)
 
 
@@ -104,30 +112,30 @@ class _Fields(dict[str, Any]):
         raise KeyError(key)
 
 
-def _from_template(record: Mapping[str, Any], position: int, prompt: PromptSpec) -> tuple[dict[str, str], ...]:
+def _from_template(record: Mapping[str, Any], where: str, prompt: PromptSpec) -> tuple[dict[str, str], ...]:
     if prompt.template is None:
-        raise BadRowError(position, "messages", "missing, and the job has no `prompt.template`")
+        raise BadRowError(where, "messages", "missing, and the job has no `prompt.template`")
     try:
         text = prompt.template.format_map(_Fields(record))
     except KeyError as exc:
-        raise BadRowError(position, str(exc.args[0]), "missing: the prompt template uses it") from None
+        raise BadRowError(where, str(exc.args[0]), "missing: the prompt template uses it") from None
     except (IndexError, ValueError, AttributeError) as exc:
-        raise BadRowError(position, "prompt.template", f"cannot be filled: {exc}") from None
+        raise BadRowError(where, "prompt.template", f"cannot be filled: {exc}") from None
     messages = [{"role": "user", "content": text}]
     if prompt.system:
         messages.insert(0, {"role": "system", "content": prompt.system})
     return tuple(messages)
 
 
-def _params(value: Any, position: int, params: Params) -> Params:
+def _params(value: Any, where: str, params: Params) -> Params:
     if value is None:
         return params
     if not isinstance(value, Mapping):
-        raise BadRowError(position, "params", "must be an object")
+        raise BadRowError(where, "params", "must be an object")
     try:
         return Params.model_validate({**params.model_dump(exclude_unset=True), **value})
     except ValidationError as exc:
         first = exc.errors()[0]
         field = "params." + ".".join(str(p) for p in first["loc"])
         reason = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"]
-        raise BadRowError(position, field, reason) from None
+        raise BadRowError(where, field, reason) from None

@@ -36,7 +36,7 @@ Sink = Callable[["Outcome"], Awaitable[None]]
 class Outcome:
     """The final result of one input row."""
 
-    position: int
+    seq: int
     row_id: str | None
     status: Status
     passthrough: dict[str, Any] = field(default_factory=dict)
@@ -166,17 +166,17 @@ class Engine:
 
     async def _process(self, lane: Lane, item: Item) -> Outcome:
         if isinstance(item, BadRowError):
-            return Outcome(item.position, item.row_id, "error", error=f"bad input: {item}")
+            return Outcome(item.seq, item.row_id, "error", error=f"bad input: {item}")
         row = item
-        outcome = Outcome(row.position, row.id, "error", passthrough=dict(row.passthrough), model=lane.model)
+        outcome = Outcome(row.seq, row.id, "error", passthrough=dict(row.passthrough), model=lane.model)
         try:
             prompt_tokens = lane.counter.prompt_tokens(row.messages)
         except TokenizeError as exc:
-            outcome.error = f"bad input: row {row.position}: field `messages`: {exc}"
+            outcome.error = f"bad input: {row.where}: field `messages`: {exc}"
             return outcome
         context = model_info(lane.model).context_tokens
         if prompt_tokens + row.params.max_tokens > context:
-            outcome.error = (f"bad input: row {row.position}: prompt of {prompt_tokens} tokens plus max_tokens "
+            outcome.error = (f"bad input: {row.where}: prompt of {prompt_tokens} tokens plus max_tokens "
                              f"{row.params.max_tokens} exceeds the {context}-token context of {lane.model}")
             return outcome
         while True:

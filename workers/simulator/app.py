@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -270,3 +271,26 @@ async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> tu
     sockets = site._server.sockets if site._server else []  # aiohttp exposes no public accessor
     bound = sockets[0].getsockname()[1] if sockets else port
     return runner, f"http://{host}:{bound}"
+
+
+class BackgroundSimulator:
+    """The simulator on its own thread and event loop, for the demo: ``with BackgroundSimulator(cfg) as url``."""
+
+    def __init__(self, config: SimConfig, host: str = "127.0.0.1", port: int = 0):
+        self._config, self._host, self._port = config, host, port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="simulator", daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(serve(self._config, self._host, self._port), self._loop)
+        self._runner, url = future.result(timeout=30)
+        return url
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()

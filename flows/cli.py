@@ -1,0 +1,140 @@
+"""The ``promptbatch`` command line.
+
+Exit codes: 0 every row reached a final outcome; 2 the job file or settings are wrong;
+3 the deployment rejected the key (the job stopped at once); 4 storage failed.
+Failures print one line on stderr that says what to change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+import flows  # noqa: F401  (sets Prefect's offline defaults before Prefect loads)
+from flows.logs import configure, scrub
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    click.echo(f"promptbatch: {scrub(message)}", err=True)
+    sys.exit(code)
+
+
+def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
+    """Run a flow, turning the ways a job can fail into one line and an exit code."""
+    from flows.batch import JobError
+    from flows.storage import StorageError
+    from schemas import JobFileError
+    from workers import JobAbortedError
+
+    try:
+        return asyncio.run(runner())
+    except (JobFileError, JobError) as exc:
+        _fail(2, str(exc))
+    except JobAbortedError as exc:
+        _fail(3, f"the deployment refused the job's key ({exc.describe()}); check the key and run again")
+    except StorageError as exc:
+        _fail(4, f"storage: {exc}")
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    rows, tokens, cost = result["rows"], result["tokens"], result["cost_usd"]
+    click.echo(f"output:   {result['output']}")
+    click.echo(f"manifest: {result['manifest']}")
+    click.echo(f"rows:     {rows['total']} ({rows['ok']} ok, {rows['filtered']} filtered, {rows['error']} error)")
+    click.echo(f"tokens:   {tokens['prompt']:,} prompt + {tokens['completion']:,} completion")
+    by_model = ", ".join(f"{m} ${c:.4f}" for m, c in cost["by_model"].items())
+    click.echo(f"cost:     ${cost['total']:.4f} ({by_model}; prices as of {result['prices_as_of']})")
+    click.echo(f"time:     {result['wall_time_s']:.1f} s")
+
+
+@click.group()
+@click.option("--json-logs", is_flag=True, help="Log JSON lines instead of human-readable ones.")
+def main(json_logs: bool) -> None:
+    """Bulk chat completions against quota-limited Azure serverless Mistral deployments."""
+    configure(json_lines=json_logs)
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--input", "input_", help="Override the job's `input`.")
+@click.option("--output", help="Override the job's `output` folder.")
+@click.option("--endpoint-url", help="Override the endpoint's `url` (jobs with one endpoint).")
+def run(job_file: str, input_: str | None, output: str | None, endpoint_url: str | None) -> None:
+    """Run JOB_FILE: every input row ends as one output row with a status."""
+    from flows.batch import run_batch
+
+    result = _run_job(lambda: run_batch(job_file, input=input_, output=output, endpoint_url=endpoint_url))
+    _print_summary(result)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, help="0 picks a free port.")
+@click.option("--model", default="mistral-large-2407", show_default=True)
+@click.option("--api-key", envvar="PROMPTBATCH_SIM_KEY", help="Accept only this key (default: any).")
+@click.option("--tokens-per-minute", default=200_000, show_default=True)
+@click.option("--requests-per-minute", default=1_000, show_default=True)
+@click.option("--window", "window_s", default=10.0, show_default=True, help="Quota enforcement window, seconds.")
+@click.option("--latency", "latency_s", default=0.05, show_default=True, help="Seconds per answer, plus per token.")
+@click.option("--per-token", "per_token_s", default=0.0005, show_default=True, help="Seconds per completion token.")
+@click.option("--logprobs", type=click.Choice(["openai", "legacy", "reject"]), default="openai", show_default=True)
+@click.option("--faults", default="", help="e.g. server_error=0.05,reset=0.02,hang=0.01,truncate=0.01,filter=0.01")
+@click.option("--hang", "hang_s", default=600.0, show_default=True, help="Seconds a hung request stays open.")
+@click.option("--seed", default=0, show_default=True)
+def simulate(host: str, port: int, model: str, api_key: str | None, tokens_per_minute: int,
+             requests_per_minute: int, window_s: float, latency_s: float, per_token_s: float, logprobs: str,
+             faults: str, hang_s: float, seed: int) -> None:
+    """Serve an Azure serverless Mistral lookalike on HOST:PORT until interrupted."""
+    from workers.simulator import SimConfig, parse_faults, serve
+
+    try:
+        config = SimConfig(model=model, api_key=api_key, tokens_per_minute=tokens_per_minute,
+                           requests_per_minute=requests_per_minute, window_s=window_s, latency_s=latency_s,
+                           per_token_s=per_token_s, logprobs=logprobs,  # type: ignore[arg-type]
+                           faults=parse_faults(faults), hang_s=hang_s, seed=seed)
+    except (ValueError, KeyError) as exc:
+        _fail(2, str(exc))
+
+    async def forever() -> None:
+        runner, url = await serve(config, host, port)
+        click.echo(f"simulator listening on {url} (model {model}, {tokens_per_minute:,} tokens/min, "
+                   f"{requests_per_minute:,} requests/min over {window_s:g}s windows)", err=False)
+        sys.stdout.flush()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(forever())
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--dir", "folder", default="promptbatch-demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--rows", default=200, show_default=True, help="How many prompts to translate.")
+def demo(folder: str, rows: int) -> None:
+    """Run the whole pipeline on embedded defaults: local files, the simulator on 127.0.0.1."""
+    from flows.batch import run_batch
+    from flows.demo import DEMO_KEY_ENV, DEMO_MODEL, demo_key, write_demo
+    from workers.simulator import BackgroundSimulator, SimConfig
+
+    key = demo_key()
+    os.environ[DEMO_KEY_ENV] = key
+    base = Path(folder)
+    shutil.rmtree(base / "output", ignore_errors=True)
+    with BackgroundSimulator(SimConfig(model=DEMO_MODEL, api_key=key)) as url:
+        job_file = write_demo(base, rows, url)
+        click.echo(f"demo: {rows} prompts in {base / 'prompts.jsonl'}, job {job_file}, simulator at {url}")
+        result = _run_job(lambda: run_batch(str(job_file)))
+    _print_summary(result)
+    click.echo(f"Read it with: python -c \"import pyarrow.parquet as pq; "
+               f"print(pq.read_table('{result['output']}').slice(0, 2).to_pylist())\"")

@@ -1,0 +1,98 @@
+"""Prompt sets in, row by row: JSONL and Parquet, streamed from any storage.
+
+Nothing reads a whole file into memory: JSONL is split into lines as chunks arrive,
+Parquet is read a record batch at a time. Every row is numbered across the job's
+whole input (``seq``) and named for people (``news/a.jsonl line 12``); a row that
+cannot be sent becomes a ``BadRowError`` in the stream instead of stopping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from flows.storage import Storage, redact_location
+from schemas import BadRowError, JobSpec, PromptRow, build_row
+
+Item = PromptRow | BadRowError
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def input_format(location: str) -> str:
+    """``jsonl`` or ``parquet``, from the file's name."""
+    name = redact_location(location).lower()
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    raise ValueError(f"{redact_location(location)}: not a prompt set (expected .jsonl or .parquet)")
+
+
+def iter_records(storage: Storage, location: str, batch_rows: int = 1024) -> Iterator[tuple[str, dict[str, Any] | BadRowError]]:
+    """``(where, record)`` for each row of one file; a malformed row comes as a ``BadRowError``."""
+    name = redact_location(location)
+    if input_format(location) == "parquet":
+        with storage.local_copy(location) as path:
+            number = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+                for record in batch.to_pylist():
+                    number += 1
+                    yield f"{name} row {number}", record
+        return
+    for number, line in enumerate(_lines(storage.iter_bytes(location)), start=1):
+        where = f"{name} line {number}"
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            yield where, BadRowError(where, "", f"not valid JSON: {exc}")
+            continue
+        if not isinstance(record, dict):
+            yield where, BadRowError(where, "", f"expected a JSON object, got {type(record).__name__}")
+            continue
+        yield where, record
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    tail = b""
+    for chunk in chunks:
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        yield from lines
+    if tail:
+        yield tail
+
+
+def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 512) -> Iterator[list[Item]]:
+    """Every row of every file, numbered in order and built into requests, in batches."""
+    seq = 0
+    chunk: list[Item] = []
+    for location in files:
+        for where, record in iter_records(storage, location):
+            if isinstance(record, BadRowError):
+                record.seq = seq
+                chunk.append(record)
+            else:
+                try:
+                    chunk.append(build_row(record, seq, where, spec.prompt, spec.params))
+                except BadRowError as exc:
+                    chunk.append(exc)
+            seq += 1
+            if len(chunk) >= batch:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+async def stream(batches: Iterator[list[Item]]) -> AsyncIterator[Item]:
+    """Items from a blocking batch iterator, read in a worker thread so the event loop keeps sending."""
+    while (chunk := await asyncio.to_thread(next, batches, None)) is not None:
+        for item in chunk:
+            yield item

@@ -1,0 +1,55 @@
+"""Logging: structlog, configured once, with secrets redacted from every event.
+
+Keys, SAS tokens and connection-string account keys are registered here as soon as
+they are loaded; the ``redact`` processor replaces them (and any ``sig=`` SAS
+signature) wherever they appear in an event, before it is rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+_secrets: set[str] = set()
+_SAS_SIG = re.compile(r"(sig=)[^&\s'\"]+", re.I)
+_ACCOUNT_KEY = re.compile(r"(AccountKey=)[^;\s'\"]+", re.I)
+
+
+def register_secret(value: str | None) -> None:
+    """Never show ``value`` in a log line from now on."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def scrub(text: str) -> str:
+    """``text`` with every registered secret and SAS signature masked."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    text = _SAS_SIG.sub(r"\1***", text)
+    return _ACCOUNT_KEY.sub(r"\1***", text)
+
+
+def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: scrub every string value of the event."""
+    return {k: scrub(v) if isinstance(v, str) else v for k, v in event.items()}
+
+
+def configure(json_lines: bool = False, level: int = logging.INFO) -> None:
+    """Set up structlog for the CLI and flows: redacted, to stderr."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

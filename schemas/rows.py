@@ -91,14 +91,14 @@ def _messages(value: Any, where: str, prompt: PromptSpec) -> tuple[dict[str, str
         raise BadRowError(where, "messages", "must be a non-empty list of {role, content}")
     messages: list[dict[str, str]] = []
     for i, message in enumerate(value):
-        where = f"messages[{i}]"
+        at = f"messages[{i}]"
         if not isinstance(message, Mapping):
-            raise BadRowError(where, where, "must be an object with `role` and `content`")
+            raise BadRowError(where, at, "must be an object with `role` and `content`")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise BadRowError(where, f"{where}.role", f"must be one of {sorted(ROLES)}, got {role!r}")
+            raise BadRowError(where, f"{at}.role", f"must be one of {sorted(ROLES)}, got {role!r}")
         if not isinstance(content, str):
-            raise BadRowError(where, f"{where}.content", f"must be a string, got {type(content).__name__}")
+            raise BadRowError(where, f"{at}.content", f"must be a string, got {type(content).__name__}")
         messages.append({"role": role, "content": content})
     if prompt.system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": prompt.system})

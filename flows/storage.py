@@ -171,7 +171,7 @@ def _connection_account_url(env: dict[str, str]) -> str | None:
     conn = env.get("AZURE_STORAGE_CONNECTION_STRING")
     if not conn:
         return None
-    return BlobServiceClient.from_connection_string(conn).url
+    return BlobServiceClient.from_connection_string(conn).url.rstrip("/")
 
 
 class BlobStorage:

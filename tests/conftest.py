@@ -77,8 +77,8 @@ def azurite() -> Iterator[Azurite]:
     workdir = tempfile.mkdtemp(prefix="azurite-")
     proc = subprocess.Popen(
         [azurite_command(), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-         "--skipApiVersionCheck", "--disableTelemetry", "--location", workdir, "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
     )
     try:
         wait_for_port(port, 30, proc)

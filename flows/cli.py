@@ -68,8 +68,13 @@ def main(json_logs: bool) -> None:
 @click.option("--endpoint-url", help="Override the endpoint's `url` (jobs with one endpoint).")
 def run(job_file: str, input_: str | None, output: str | None, endpoint_url: str | None) -> None:
     """Run JOB_FILE: every input row ends as one output row with a status."""
-    from flows.batch import run_batch
+    from flows.batch import JobError, load_spec, run_batch
+    from schemas import JobFileError
 
+    try:  # a bad job file fails here, before Prefect starts or any request is sent
+        load_spec(job_file, input=input_, output=output, endpoint_url=endpoint_url)
+    except (JobFileError, JobError) as exc:
+        _fail(2, str(exc))
     result = _run_job(lambda: run_batch(job_file, input=input_, output=output, endpoint_url=endpoint_url))
     _print_summary(result)
 

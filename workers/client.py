@@ -95,14 +95,16 @@ class EndpointClient:
 
     async def complete(self, messages: tuple[dict[str, str], ...] | list[dict[str, str]], params: Params) -> Completion:
         """One chat completion; one more request only if the endpoint refused logprobs."""
+        body, headers = self.request_body(messages, params)
         try:
-            return await self._send(messages, params)
+            return await self._post(body, headers)
         except RowFailedError as exc:
-            if params.logprobs and self.logprobs_accepted and exc.status == 422 and "logprobs" in exc.message:
+            if "logprobs" not in body or exc.status != 422 or "logprobs" not in exc.message:
+                raise
+            if self.logprobs_accepted:
                 self.logprobs_accepted = False
                 log.warning("logprobs_refused", endpoint=self.spec.url, detail=exc.message[:200])
-                return await self._send(messages, params)
-            raise
+            return await self._post(*self.request_body(messages, params))
 
     def request_body(self, messages: tuple[dict[str, str], ...] | list[dict[str, str]], params: Params) -> tuple[dict[str, Any], dict[str, str]]:
         """The JSON body and extra headers for this route: only fields the route knows."""
@@ -124,8 +126,7 @@ class EndpointClient:
                 body["top_logprobs"] = params.top_logprobs
         return body, headers
 
-    async def _send(self, messages: tuple[dict[str, str], ...] | list[dict[str, str]], params: Params) -> Completion:
-        body, headers = self.request_body(messages, params)
+    async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> Completion:
         try:
             response = await self._http.post(self._path, json=body, headers=headers)
         except httpx.TimeoutException as exc:

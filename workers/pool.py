@@ -73,17 +73,37 @@ class Outcome:
 
 @dataclass
 class Lane:
-    """One deployment as the pool sees it: its client, its quota, its tokenizer."""
+    """One deployment as the pool sees it: its client, its quota, its tokenizer.
+
+    Until the deployment has answered once with anything but 401/403, its calls go one
+    at a time: a wrong key costs one request, not one per worker.
+    """
 
     client: EndpointClient
     quota: Quota
     counter: TokenCounter
     workers: int
+    key_confirmed: bool = False
+    _probe: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def model(self) -> str:
         """The deployment's model name as the job file gives it."""
         return self.client.spec.model
+
+    async def call(self, row: PromptRow) -> Completion:
+        """Send one row, serialized behind the first call until the key is known to work."""
+        if self.key_confirmed:
+            return await self.client.complete(row.messages, row.params)
+        async with self._probe:
+            try:
+                completion = await self.client.complete(row.messages, row.params)
+            except EndpointError as exc:
+                # Any HTTP answer past authentication shows the key works.
+                self.key_confirmed = exc.status is not None and not isinstance(exc, JobAbortedError)
+                raise
+            self.key_confirmed = True
+            return completion
 
 
 @dataclass
@@ -184,7 +204,7 @@ class Engine:
             await lane.quota.admit(prompt_tokens + row.params.max_tokens)
             sent = time.monotonic()
             try:
-                completion = await lane.client.complete(row.messages, row.params)
+                completion = await lane.call(row)
             except JobAbortedError:
                 raise
             except EndpointError as exc:

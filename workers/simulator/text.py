@@ -59,7 +59,7 @@ def fabricate_logprobs(fab: Fabricated, counter: TokenCounter, shape: str, top: 
     pieces = [counter.decode([t]) for t in fab.tokens]
     chosen = [-rng.random() * 2 for _ in pieces]
     alternatives = [
-        [(rng.choice(_WORDS), lp - rng.random() * 3) for _ in range(top)] for lp in chosen
+        [(word, lp - rng.random() * 3) for word in rng.sample(_WORDS, top)] for lp in chosen
     ]
     if shape == "legacy":
         offsets, at = [], 0

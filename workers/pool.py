@@ -85,6 +85,7 @@ class Lane:
     workers: int
     key_confirmed: bool = False
     _probe: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _rejected: JobAbortedError | None = None
 
     @property
     def model(self) -> str:
@@ -96,11 +97,16 @@ class Lane:
         if self.key_confirmed:
             return await self.client.complete(row.messages, row.params)
         async with self._probe:
+            if self._rejected is not None:  # the job is stopping; send nothing more
+                raise self._rejected
             try:
                 completion = await self.client.complete(row.messages, row.params)
+            except JobAbortedError as exc:
+                self._rejected = exc
+                raise
             except EndpointError as exc:
                 # Any HTTP answer past authentication shows the key works.
-                self.key_confirmed = exc.status is not None and not isinstance(exc, JobAbortedError)
+                self.key_confirmed = exc.status is not None
                 raise
             self.key_confirmed = True
             return completion

@@ -11,7 +11,6 @@ passed as parameters, and registered for redaction before anything logs.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,18 +19,13 @@ import structlog
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.inputs import input_format, iter_items, stream
-from flows.logs import register_secret
-from flows.parts import PartSummary, PartWriter, build_manifest, write_manifest
+from flows.inputs import input_format
+from flows.parts import PartSummary, build_manifest, write_manifest
+from flows.pipeline import JobError, execute
 from flows.storage import storage_for
 from schemas import JobSpec, job_from_dict, parse_job
-from workers import EndpointClient, Engine, Lane, Quota, RetryPolicy, TokenCounter
 
 log = structlog.get_logger(__name__)
-
-
-class JobError(RuntimeError):
-    """The job cannot run as configured; the message says what to change."""
 
 
 def load_spec(job: str | dict[str, Any], *, input: str | None = None, output: str | None = None,
@@ -45,15 +39,6 @@ def load_spec(job: str | dict[str, Any], *, input: str | None = None, output: st
             raise JobError(f"{job}: no such job file")
         spec = parse_job(path.read_text(), source=str(job))
     return spec.with_overrides(input=input, output=output, endpoint_url=endpoint_url)
-
-
-def api_key(env_name: str) -> str:
-    """A deployment's key from the environment, registered for redaction."""
-    key = os.environ.get(env_name, "").strip()
-    if not key:
-        raise JobError(f"environment variable {env_name} is not set: it must hold the deployment's key")
-    register_secret(key)
-    return key
 
 
 @task(name="list-inputs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -70,20 +55,7 @@ def list_inputs(spec: JobSpec) -> list[str]:
 @task(name="process-rows", cache_policy=NO_CACHE)
 async def process_rows(spec: JobSpec, files: list[str]) -> list[PartSummary]:
     """Send every row through the deployments' pool and publish one part per shard."""
-    keys = [api_key(e.api_key_env) for e in spec.all_endpoints]
-    clients = [EndpointClient(e, key) for e, key in zip(spec.all_endpoints, keys, strict=True)]
-    lanes = [
-        Lane(client, Quota(e.requests_per_minute, e.tokens_per_minute), TokenCounter(e.model), e.max_concurrency)
-        for client, e in zip(clients, spec.all_endpoints, strict=True)
-    ]
-    engine = Engine(lanes, RetryPolicy(max_attempts=spec.max_attempts))
-    writer = PartWriter(storage_for(spec.output), spec.output, spec.shard_rows, spec.price)
-    try:
-        tally = await engine.run(stream(iter_items(spec, storage_for(spec.input), files)), writer.add)
-    finally:
-        for client in clients:
-            await client.aclose()
-    return await writer.finish(tally.rows)
+    return (await execute(spec, files)).parts
 
 
 @task(name="publish-manifest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)

@@ -39,8 +39,9 @@ class EndpointSpec(_Frozen):
     tokens_per_minute: int = Field(200_000, gt=0)
     requests_per_minute: int = Field(1_000, gt=0)
     api_version: str = AZURE_INFERENCE_API_VERSION
+    quota_window_s: float = Field(10.0, gt=0, le=60)
     timeout_s: float = Field(120.0, gt=0)
-    max_concurrency: int = Field(64, gt=0, le=1024)
+    max_concurrency: int = Field(256, gt=0, le=4096)
 
     @field_validator("url")
     @classmethod

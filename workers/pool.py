@@ -19,9 +19,9 @@ from typing import Any
 
 import structlog
 
-from schemas import BadRowError, Price, PromptRow, Status, model_info
+from schemas import BadRowError, Price, PromptRow, Status
 from workers.client import Completion, EndpointClient
-from workers.errors import ContentFilteredError, EndpointError, JobAbortedError, RowFailedError
+from workers.errors import ContentFilteredError, EndpointError, JobAbortedError, RateLimitedError, RowFailedError
 from workers.quota import Quota
 from workers.retry import RetryPolicy
 from workers.tokens import TokenCounter, TokenizeError
@@ -84,6 +84,7 @@ class Lane:
     counter: TokenCounter
     workers: int
     key_confirmed: bool = False
+    head: asyncio.Lock = field(default_factory=asyncio.Lock)
     _probe: asyncio.Lock = field(default_factory=asyncio.Lock)
     _rejected: JobAbortedError | None = None
 
@@ -91,6 +92,11 @@ class Lane:
     def model(self) -> str:
         """The deployment's model name as the job file gives it."""
         return self.client.spec.model
+
+    @property
+    def context_tokens(self) -> int:
+        """The model's context length."""
+        return self.counter.model.context_tokens
 
     async def call(self, row: PromptRow) -> Completion:
         """Send one row, serialized behind the first call until the key is known to work."""
@@ -130,7 +136,15 @@ class Tally:
 
 
 class Engine:
-    """Runs rows through a set of lanes with retries; see the module docstring."""
+    """Runs rows through a set of lanes with retries; see the module docstring.
+
+    Per lane, one worker at a time is the *head*: it takes the next row, counts its
+    tokens and waits for the lane's quota to admit it, then sends it while the next
+    worker becomes head. So a row waits for admission only on the lane that will send
+    it, at most one row per lane waits at all, and the other rows stay in the shared
+    queue for whichever lane is ready first. How many requests are in flight follows
+    from the admitted rate and the latency (Little's law), up to ``Lane.workers``.
+    """
 
     def __init__(self, lanes: Sequence[Lane], policy: RetryPolicy, *, rng: random.Random | None = None,
                  progress_every_s: float = 10.0):
@@ -139,23 +153,30 @@ class Engine:
         self.tally = Tally()
         self._rng = rng or random.Random()
         self._progress_every_s = progress_every_s
+        self.in_flight = 0
+        self.peak_in_flight = 0
 
     async def run(self, rows: AsyncIterable[Item], sink: Sink) -> Tally:
         """Process every row; return the totals. Raises ``JobAbortedError`` on a fatal answer."""
         n_workers = sum(lane.workers for lane in self.lanes)
-        inbox: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=2 * n_workers)
-        outbox: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=2 * n_workers)
+        inbox: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=256)
+        outbox: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=256)
         started = time.monotonic()
 
         async def feed() -> None:
             async for item in rows:
                 await inbox.put(item)
-            for _ in range(n_workers):
-                await inbox.put(None)
+            await inbox.put(None)
+
+        async def next_item() -> Item | None:
+            item = await inbox.get()
+            if item is None:  # the end: leave it there for every other lane's head too
+                inbox.put_nowait(None)
+            return item
 
         async def work(lane: Lane) -> None:
-            while (item := await inbox.get()) is not None:
-                await outbox.put(await self._process(lane, item))
+            while (outcome := await self._next(lane, next_item)) is not None:
+                await outbox.put(outcome)
             await outbox.put(None)
 
         async def drain() -> None:
@@ -188,43 +209,69 @@ class Engine:
         t = self.tally
         log.info("progress", rows=t.rows, **t.by_status, prompt_tokens=t.prompt_tokens,
                  completion_tokens=t.completion_tokens, elapsed_s=round(elapsed, 1),
-                 rows_per_min=round(60 * t.rows / elapsed) if elapsed > 0 else None)
+                 rows_per_min=round(60 * t.rows / elapsed) if elapsed > 0 else None,
+                 in_flight=self.in_flight, peak_in_flight=self.peak_in_flight,
+                 pauses_429=sum(lane.quota.ledger.pauses for lane in self.lanes))
 
-    async def _process(self, lane: Lane, item: Item) -> Outcome:
-        if isinstance(item, BadRowError):
-            return Outcome(item.seq, item.row_id, "error", error=f"bad input: {item}")
-        row = item
-        outcome = Outcome(row.seq, row.id, "error", passthrough=dict(row.passthrough), model=lane.model)
-        try:
-            prompt_tokens = lane.counter.prompt_tokens(row.messages)
-        except TokenizeError as exc:
-            outcome.error = f"bad input: {row.where}: field `messages`: {exc}"
-            return outcome
-        context = model_info(lane.model).context_tokens
-        if prompt_tokens + row.params.max_tokens > context:
-            outcome.error = (f"bad input: {row.where}: prompt of {prompt_tokens} tokens plus max_tokens "
-                             f"{row.params.max_tokens} exceeds the {context}-token context of {lane.model}")
-            return outcome
+    async def _next(self, lane: Lane, next_item: Callable[[], Awaitable[Item | None]]) -> Outcome | None:
+        """Become head, take a row and see it to its outcome; ``None`` when the input is done."""
+        async with lane.head:
+            item = await next_item()
+            if item is None:
+                return None
+            outcome, cost = self._prepare(lane, item)
+            if cost is None:
+                return outcome
+            ticket = await lane.quota.admit(cost)
+        assert isinstance(item, PromptRow)
         while True:
             outcome.attempts += 1
-            await lane.quota.admit(prompt_tokens + row.params.max_tokens)
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             sent = time.monotonic()
             try:
-                completion = await lane.call(row)
+                completion = await lane.call(item)
             except JobAbortedError:
                 raise
             except EndpointError as exc:
-                pause = self.policy.pause(outcome.attempts, exc, self._rng.random())
+                if isinstance(exc, RateLimitedError):
+                    lane.quota.rate_limited(ticket, exc.retry_after_s)
+                    pause: float | None = 0.0 if outcome.attempts < self.policy.max_attempts else None
+                else:
+                    pause = self.policy.pause(outcome.attempts, exc, self._rng.random())
                 if pause is None:
                     return _failed(outcome, exc)
                 await asyncio.sleep(pause)
+                async with lane.head:
+                    ticket = await lane.quota.admit(cost)
                 continue
+            finally:
+                self.in_flight -= 1
+            lane.quota.observe(ticket, completion.remaining_requests, completion.remaining_tokens)
             outcome.latency_ms = round((time.monotonic() - sent) * 1000, 1)
             outcome.completion = completion
             outcome.status = "filtered" if completion.filtered else "ok"
             outcome.prompt_tokens = completion.prompt_tokens
             outcome.completion_tokens = completion.completion_tokens
             return outcome
+
+    @staticmethod
+    def _prepare(lane: Lane, item: Item) -> tuple[Outcome, int | None]:
+        """The row's outcome-to-be and its quota charge, or a final outcome and ``None``."""
+        if isinstance(item, BadRowError):
+            return Outcome(item.seq, item.row_id, "error", error=f"bad input: {item}"), None
+        outcome = Outcome(item.seq, item.id, "error", passthrough=dict(item.passthrough), model=lane.model)
+        try:
+            prompt_tokens = lane.counter.prompt_tokens(item.messages)
+        except TokenizeError as exc:
+            outcome.error = f"bad input: {item.where}: field `messages`: {exc}"
+            return outcome, None
+        context = lane.context_tokens
+        if prompt_tokens + item.params.max_tokens > context:
+            outcome.error = (f"bad input: {item.where}: prompt of {prompt_tokens} tokens plus max_tokens "
+                             f"{item.params.max_tokens} exceeds the {context}-token context of {lane.model}")
+            return outcome, None
+        return outcome, prompt_tokens + item.params.max_tokens
 
 
 def _failed(outcome: Outcome, exc: EndpointError) -> Outcome:

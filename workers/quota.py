@@ -1,34 +1,217 @@
-"""Client-side admission against one deployment's quota.
+"""Client-side admission that fills a deployment's quota without tripping it.
 
-Azure meters serverless quotas over short windows (1–10 s) and charges a request's
-tokens at admission as prompt + max_tokens. A bucket the size of a whole minute lets
-a job burst the minute's quota at once and collect 429s, so both budgets here refill
-continuously at the per-minute rate and hold at most ``burst_s`` seconds' worth.
+Azure meters a serverless deployment's quota over short windows (1–10 s) and charges a
+request at admission as prompt + max_tokens. Two things keep a job just under that:
+
+- ``Budget``: requests and tokens refill continuously at the per-minute rate, with a
+  burst of at most ``burst_s`` seconds' worth, so a job starts fast but smooth. A large
+  request may overdraw it; the debt is paid back before the next one goes, so a long
+  prompt is never starved by short ones.
+- ``WindowLog``: the client's copy of the server's sliding window. A request goes only
+  when it fits what the window still allows, the same test the server applies, so the
+  boundary of a window does not turn into 429s.
+
+``Ledger`` combines them as pure functions of ``now``; it also learns from the
+server's ``x-ratelimit-remaining-*`` headers (usage it did not send — another client on
+the same deployment — is entered as foreign usage) and from 429s (one shared pause for
+the whole pool, sized by ``retry-after``). ``Quota`` is the async face used by the
+pool: one admission at a time, in arrival order.
 """
 
 from __future__ import annotations
 
-from aiolimiter import AsyncLimiter
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class Budget:
+    """A continuously refilled allowance that may be overdrawn by one request."""
+
+    def __init__(self, per_second: float, capacity: float, now: float):
+        self.per_second = per_second
+        self.capacity = capacity
+        self.level = capacity
+        self._stamp = now
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self._stamp) * self.per_second)
+        self._stamp = now
+
+    def wait(self, now: float, cost: float) -> float:
+        """Seconds until ``cost`` (or a full bucket, for a larger one) is available."""
+        self._refill(now)
+        need = min(cost, self.capacity) - self.level
+        return max(0.0, need / self.per_second)
+
+    def take(self, now: float, cost: float) -> None:
+        """Spend ``cost``; the level may go below zero."""
+        self._refill(now)
+        self.level -= cost
+
+    def drain(self, now: float) -> None:
+        """Forget any saved-up burst (after a pause, resume at the steady rate)."""
+        self._refill(now)
+        self.level = min(self.level, 0.0)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One admission in the window: when, how many requests and tokens."""
+
+    stamp: float
+    requests: int
+    tokens: int
+
+
+class WindowLog:
+    """What was admitted over the last ``window_s`` seconds, and what is left."""
+
+    def __init__(self, request_limit: int, token_limit: int, window_s: float):
+        self.request_limit = request_limit
+        self.token_limit = token_limit
+        self.window_s = window_s
+        self._entries: deque[Entry] = deque()
+        self.requests = 0
+        self.tokens = 0
+
+    def _expire(self, now: float) -> None:
+        while self._entries and self._entries[0].stamp <= now - self.window_s:
+            gone = self._entries.popleft()
+            self.requests -= gone.requests
+            self.tokens -= gone.tokens
+
+    def wait(self, now: float, tokens: int) -> float:
+        """Seconds until one more request of ``tokens`` fits the window."""
+        self._expire(now)
+        tokens = min(tokens, self.token_limit)
+        requests, used = self.requests, self.tokens
+        if requests + 1 <= self.request_limit and used + tokens <= self.token_limit:
+            return 0.0
+        for entry in self._entries:
+            requests -= entry.requests
+            used -= entry.tokens
+            if requests + 1 <= self.request_limit and used + tokens <= self.token_limit:
+                return max(1e-3, entry.stamp + self.window_s - now)
+        return self.window_s
+
+    def add(self, now: float, requests: int, tokens: int) -> Entry:
+        """Record an admission (or foreign usage); returns the entry for a later refund."""
+        self._expire(now)
+        entry = Entry(now, requests, tokens)
+        self._entries.append(entry)
+        self.requests += requests
+        self.tokens += tokens
+        return entry
+
+    def refund(self, entry: Entry) -> None:
+        """The server did not admit this request after all (it answered 429)."""
+        if entry in self._entries:
+            self.requests -= entry.requests
+            self.tokens -= entry.tokens
+            entry.requests = entry.tokens = 0
+
+    @property
+    def remaining(self) -> tuple[int, int]:
+        """Requests and tokens the window still allows (as of the last call)."""
+        return self.request_limit - self.requests, self.token_limit - self.tokens
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted request: its window entry and what the client thought was left after it."""
+
+    entry: Entry
+    remaining_requests: int
+    remaining_tokens: int
+
+
+class Ledger:
+    """Admission decisions for one deployment's quota; every method takes ``now``."""
+
+    def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
+                 burst_s: float = 1.0, now: float = 0.0):
+        rps, tps = requests_per_minute / 60, tokens_per_minute / 60
+        self.requests = Budget(rps, max(1.0, rps * burst_s), now)
+        self.tokens = Budget(tps, max(1.0, tps * burst_s), now)
+        self.window = WindowLog(max(1, int(rps * window_s)), max(1, int(tps * window_s)), window_s)
+        self.paused_until = now
+        self.foreign_tokens = 0
+        self.pauses = 0
+
+    def delay(self, now: float, tokens: int) -> float:
+        """Seconds to wait before a request of ``tokens`` may go (0: now)."""
+        return max(
+            self.paused_until - now,
+            self.requests.wait(now, 1),
+            self.tokens.wait(now, tokens),
+            self.window.wait(now, tokens),
+        )
+
+    def admit(self, now: float, tokens: int) -> Ticket:
+        """Charge one request of ``tokens``; call when ``delay`` says 0."""
+        self.requests.take(now, 1)
+        self.tokens.take(now, tokens)
+        entry = self.window.add(now, 1, tokens)
+        return Ticket(entry, *self.window.remaining)
+
+    def observe(self, ticket: Ticket, remaining_requests: int | None, remaining_tokens: int | None) -> None:
+        """Reconcile with the server's own count of what its window has left after this request.
+
+        Less left than the client thought means someone else is using the deployment:
+        that difference is entered as foreign usage at the request's admission time.
+        """
+        gap_requests = ticket.remaining_requests - remaining_requests if remaining_requests is not None else 0
+        gap_tokens = ticket.remaining_tokens - remaining_tokens if remaining_tokens is not None else 0
+        if gap_requests > 0 or gap_tokens > 0:
+            self.foreign_tokens += max(0, gap_tokens)
+            self.window.add(ticket.entry.stamp, max(0, gap_requests), max(0, gap_tokens))
+
+    def rate_limited(self, now: float, ticket: Ticket, retry_after_s: float | None) -> None:
+        """A 429: refund the request, pause everyone until the server's window has room."""
+        self.window.refund(ticket.entry)
+        pause = retry_after_s if retry_after_s is not None else 1.0
+        if now + pause > self.paused_until:
+            self.pauses += 1
+            self.paused_until = now + pause
+        self.requests.drain(now)
+        self.tokens.drain(now)
 
 
 class Quota:
-    """Requests-per-minute and tokens-per-minute budgets of one deployment.
+    """The pool's admission line for one deployment: one request admitted at a time, in order.
 
-    Build it inside the coroutine that runs the pool: an ``AsyncLimiter`` belongs to
-    one event loop.
+    Build it inside the coroutine that runs the pool: its lock belongs to that event loop.
     """
 
-    def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, burst_s: float = 1.0):
+    def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
+                 burst_s: float = 1.0, clock: Callable[[], float] | None = None):
+        self._clock = clock or time.monotonic
+        self.ledger = Ledger(requests_per_minute, tokens_per_minute, window_s=window_s, burst_s=burst_s,
+                             now=self._clock())
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
-        self._requests = AsyncLimiter(max(1.0, requests_per_minute * burst_s / 60), burst_s)
-        self._tokens = AsyncLimiter(max(1.0, tokens_per_minute * burst_s / 60), burst_s)
+        self._line = asyncio.Lock()
+        self.admitted_requests = 0
+        self.admitted_tokens = 0
 
-    def charge(self, tokens: int) -> int:
-        """What a request is charged: its tokens, capped at what the bucket can hold."""
-        return max(1, min(tokens, int(self._tokens.max_rate)))
+    async def admit(self, tokens: int) -> Ticket:
+        """Wait for this request's turn and for room in every budget; then charge it."""
+        async with self._line:
+            while (wait := self.ledger.delay(self._clock(), tokens)) > 0:
+                await asyncio.sleep(wait)
+            self.admitted_requests += 1
+            self.admitted_tokens += tokens
+            return self.ledger.admit(self._clock(), tokens)
 
-    async def admit(self, tokens: int) -> None:
-        """Wait until one request of ``tokens`` tokens fits both budgets."""
-        await self._requests.acquire()
-        await self._tokens.acquire(self.charge(tokens))
+    def observe(self, ticket: Ticket, remaining_requests: int | None, remaining_tokens: int | None) -> None:
+        """See ``Ledger.observe``."""
+        self.ledger.observe(ticket, remaining_requests, remaining_tokens)
+
+    def rate_limited(self, ticket: Ticket, retry_after_s: float | None) -> None:
+        """See ``Ledger.rate_limited``."""
+        self.admitted_requests -= 1
+        self.admitted_tokens -= ticket.entry.tokens
+        self.ledger.rate_limited(self._clock(), ticket, retry_after_s)

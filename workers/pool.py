@@ -100,22 +100,24 @@ class Lane:
 
     async def call(self, row: PromptRow) -> Completion:
         """Send one row, serialized behind the first call until the key is known to work."""
-        if self.key_confirmed:
-            return await self.client.complete(row.messages, row.params)
-        async with self._probe:
-            if self._rejected is not None:  # the job is stopping; send nothing more
-                raise self._rejected
-            try:
-                completion = await self.client.complete(row.messages, row.params)
-            except JobAbortedError as exc:
-                self._rejected = exc
-                raise
-            except EndpointError as exc:
-                # Any HTTP answer past authentication shows the key works.
-                self.key_confirmed = exc.status is not None
-                raise
-            self.key_confirmed = True
-            return completion
+        while not self.key_confirmed:
+            async with self._probe:
+                if self._rejected is not None:  # the job is stopping; send nothing more
+                    raise self._rejected
+                if self.key_confirmed:  # confirmed while this call waited its turn
+                    break
+                try:
+                    completion = await self.client.complete(row.messages, row.params)
+                except JobAbortedError as exc:
+                    self._rejected = exc
+                    raise
+                except EndpointError as exc:
+                    # Any HTTP answer past authentication shows the key works.
+                    self.key_confirmed = exc.status is not None
+                    raise
+                self.key_confirmed = True
+                return completion
+        return await self.client.complete(row.messages, row.params)
 
 
 @dataclass

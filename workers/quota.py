@@ -3,10 +3,11 @@
 Azure meters a serverless deployment's quota over short windows (1–10 s) and charges a
 request at admission as prompt + max_tokens. Two things keep a job just under that:
 
-- ``Budget``: requests and tokens refill continuously at the per-minute rate, with a
-  burst of at most ``burst_s`` seconds' worth, so a job starts fast but smooth. A large
-  request may overdraw it; the debt is paid back before the next one goes, so a long
-  prompt is never starved by short ones.
+- ``Budget``: requests and tokens refill continuously at the per-minute rate and hold
+  at most what one enforcement window allows (``burst_s``, the window by default), so
+  a job starts at full speed without a 429 storm. A large request may overdraw it; the
+  debt is paid back before the next one goes, so a long prompt is never starved by
+  short ones. An unforeseen 429 halves the burst, down to one second's worth.
 - ``WindowLog``: the client's copy of the server's sliding window. A request goes only
   when it fits what the window still allows, the same test the server applies, so the
   boundary of a window does not turn into 429s.
@@ -69,10 +70,12 @@ class Entry:
 class WindowLog:
     """What was admitted over the last ``window_s`` seconds, and what is left."""
 
-    def __init__(self, request_limit: int, token_limit: int, window_s: float):
+    def __init__(self, request_limit: int, token_limit: int, window_s: float, guard_s: float = 0.0):
         self.request_limit = request_limit
         self.token_limit = token_limit
-        self.window_s = window_s
+        # Entries are kept a little past the window: the server stamps a request when it
+        # arrives, and a request that overtakes an older one in flight must still fit.
+        self.window_s = window_s + guard_s
         self._entries: deque[Entry] = deque()
         self.requests = 0
         self.tokens = 0
@@ -121,25 +124,31 @@ class WindowLog:
 
 @dataclass(slots=True)
 class Ticket:
-    """An admitted request: its window entry and what the client thought was left after it."""
+    """An admitted request: its window entry, what the client thought was left after it,
+    and how much the client had admitted in all by then."""
 
     entry: Entry
     remaining_requests: int
     remaining_tokens: int
+    total_requests: int
+    total_tokens: int
 
 
 class Ledger:
     """Admission decisions for one deployment's quota; every method takes ``now``."""
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
-                 burst_s: float = 1.0, now: float = 0.0):
+                 burst_s: float | None = None, guard_s: float = 0.05, now: float = 0.0):
         rps, tps = requests_per_minute / 60, tokens_per_minute / 60
+        burst_s = window_s if burst_s is None else min(burst_s, window_s)
+        self.window = WindowLog(max(1, int(rps * window_s)), max(1, int(tps * window_s)), window_s, guard_s)
         self.requests = Budget(rps, max(1.0, rps * burst_s), now)
         self.tokens = Budget(tps, max(1.0, tps * burst_s), now)
-        self.window = WindowLog(max(1, int(rps * window_s)), max(1, int(tps * window_s)), window_s)
         self.paused_until = now
         self.foreign_tokens = 0
         self.pauses = 0
+        self.total_requests = 0
+        self.total_tokens = 0
 
     def delay(self, now: float, tokens: int) -> float:
         """Seconds to wait before a request of ``tokens`` may go (0: now)."""
@@ -155,27 +164,40 @@ class Ledger:
         self.requests.take(now, 1)
         self.tokens.take(now, tokens)
         entry = self.window.add(now, 1, tokens)
-        return Ticket(entry, *self.window.remaining)
+        self.total_requests += 1
+        self.total_tokens += tokens
+        return Ticket(entry, *self.window.remaining, self.total_requests, self.total_tokens)
 
     def observe(self, ticket: Ticket, remaining_requests: int | None, remaining_tokens: int | None) -> None:
         """Reconcile with the server's own count of what its window has left after this request.
 
-        Less left than the client thought means someone else is using the deployment:
-        that difference is entered as foreign usage at the request's admission time.
+        The server may have seen any of the requests admitted since this one (they race
+        in flight), so only a shortfall beyond all of those is certain to be someone
+        else's usage of the deployment; it is entered at the request's admission time.
         """
-        gap_requests = ticket.remaining_requests - remaining_requests if remaining_requests is not None else 0
-        gap_tokens = ticket.remaining_tokens - remaining_tokens if remaining_tokens is not None else 0
+        since_requests = self.total_requests - ticket.total_requests
+        since_tokens = self.total_tokens - ticket.total_tokens
+        gap_requests = (ticket.remaining_requests - remaining_requests - since_requests
+                        if remaining_requests is not None else 0)
+        gap_tokens = ticket.remaining_tokens - remaining_tokens - since_tokens if remaining_tokens is not None else 0
         if gap_requests > 0 or gap_tokens > 0:
             self.foreign_tokens += max(0, gap_tokens)
             self.window.add(ticket.entry.stamp, max(0, gap_requests), max(0, gap_tokens))
 
     def rate_limited(self, now: float, ticket: Ticket, retry_after_s: float | None) -> None:
-        """A 429: refund the request, pause everyone until the server's window has room."""
+        """A 429: refund the request, pause everyone until the server's window has room.
+
+        A 429 the window copy did not foresee means the server meters over a shorter
+        window than configured (or someone else uses the deployment): bursts are
+        halved, down to one second's worth, and the pool resumes at the steady rate.
+        """
         self.window.refund(ticket.entry)
         pause = retry_after_s if retry_after_s is not None else 1.0
         if now + pause > self.paused_until:
             self.pauses += 1
             self.paused_until = now + pause
+            for budget in (self.requests, self.tokens):
+                budget.capacity = max(budget.per_second, budget.capacity / 2)
         self.requests.drain(now)
         self.tokens.drain(now)
 
@@ -187,7 +209,7 @@ class Quota:
     """
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
-                 burst_s: float = 1.0, clock: Callable[[], float] | None = None):
+                 burst_s: float | None = None, clock: Callable[[], float] | None = None):
         self._clock = clock or time.monotonic
         self.ledger = Ledger(requests_per_minute, tokens_per_minute, window_s=window_s, burst_s=burst_s,
                              now=self._clock())

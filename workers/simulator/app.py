@@ -56,6 +56,8 @@ class Simulator:
         self.rng = random.Random(config.seed)
         self.stats: Counter[str] = Counter()
         self.billed_prompts: Counter[str] = Counter()
+        self.first_admission: float | None = None
+        self.last_admission: float | None = None
 
     def app(self) -> web.Application:
         """The aiohttp application serving this deployment."""
@@ -83,6 +85,8 @@ class Simulator:
             "window_request_limit": self.window.request_limit,
             "window_token_limit": self.window.token_limit,
             "prompts_billed_more_than_once": sum(1 for n in self.billed_prompts.values() if n > 1),
+            "first_admission": self.first_admission,
+            "last_admission": self.last_admission,
         })
 
     async def native(self, request: web.Request) -> web.StreamResponse:
@@ -152,6 +156,9 @@ class Simulator:
                                headers={**limits, "retry-after": str(max(1, round(admission.retry_after_s))),
                                         "retry-after-ms": str(int(admission.retry_after_s * 1000))})
         self.stats["admitted"] += 1
+        self.stats["admitted_tokens"] += prompt_tokens + max_tokens
+        self.first_admission = self.first_admission or time.time()
+        self.last_admission = time.time()
 
         if "[[filter]]" in json.dumps(messages):
             return self._filtered_400()

@@ -1,0 +1,110 @@
+"""Admission decisions, with time passed in: bursts, windows, fairness, 429s, foreign usage."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from workers.quota import Budget, Ledger, Quota, WindowLog
+from workers.simulator import SlidingWindow
+
+TPM, RPM, WINDOW = 40_000, 200, 10.0  # per window: 6,666 tokens, 33 requests
+
+
+def drive(ledger: Ledger, costs: list[int], start: float = 0.0) -> list[float]:
+    """Admit each cost as soon as the ledger allows; return the admission times."""
+    now, times = start, []
+    for cost in costs:
+        now += ledger.delay(now, cost)
+        ledger.admit(now, cost)
+        times.append(now)
+    return times
+
+
+class TestLedger:
+    """The client's admission against a server that meters over a sliding window."""
+
+    def test_never_exceeds_a_sliding_window_and_fills_it(self) -> None:
+        ledger = Ledger(RPM, TPM, window_s=WINDOW, guard_s=0.01)
+        server = SlidingWindow(RPM, TPM, WINDOW)
+        costs = [280 + (i * 37) % 90 for i in range(600)]
+        times = drive(ledger, costs)
+        assert all(server.try_admit(t + 0.005, c).admitted for t, c in zip(times, costs, strict=True))
+        utilization = sum(costs) / (TPM * times[-1] / 60)
+        assert utilization > 0.97
+
+    def test_first_window_goes_at_once_then_the_steady_rate(self) -> None:
+        ledger = Ledger(RPM, TPM, window_s=WINDOW)
+        times = drive(ledger, [300] * 60)
+        assert times[21] == 0.0 and times[22] > WINDOW  # 22 × 300 ≤ 6,666 < 23 × 300
+        assert times[43] - times[22] < 1.0 < times[44] - 2 * WINDOW + 1  # the next window refills as the first expires
+
+    def test_a_large_request_is_not_starved(self) -> None:
+        ledger = Ledger(60_000, 6_000, window_s=1.0, burst_s=1.0)  # 100 tokens per 1 s window
+        drive(ledger, [10] * 10)  # the window is full
+        now = 0.5
+        wait = ledger.delay(now, 90)
+        assert 0 < wait <= 1.0 - now + 0.05  # until the full window expires (plus the guard), no longer
+        # (that small requests cannot overtake it meanwhile is the admission line's job: see below)
+
+    def test_request_quota_binds_too(self) -> None:
+        ledger = Ledger(60, 10**9, window_s=WINDOW)  # 10 requests per window
+        times = drive(ledger, [1] * 11)
+        assert times[9] == 0.0 and times[10] >= WINDOW
+
+    def test_429_pauses_everyone_refunds_and_halves_the_burst(self) -> None:
+        ledger = Ledger(RPM, TPM, window_s=WINDOW)
+        ticket = ledger.admit(0.0, 300)
+        capacity = ledger.tokens.capacity
+        ledger.rate_limited(0.1, ticket, retry_after_s=2.0)
+        assert ledger.window.remaining == (ledger.window.request_limit, ledger.window.token_limit)
+        assert ledger.delay(0.1, 1) == pytest.approx(2.0)
+        assert ledger.tokens.capacity == capacity / 2
+        assert ledger.delay(2.1, 1_300) == 0.0  # two seconds' refill is there…
+        assert ledger.delay(2.1, 3_000) > 0  # …but no saved-up burst
+
+    def test_foreign_usage_in_headers_slows_admission(self) -> None:
+        ledger = Ledger(RPM, TPM, window_s=WINDOW)
+        ticket = ledger.admit(0.0, 300)
+        later = ledger.admit(0.0, 300)  # in flight when the first answer comes back
+        # The server says 2,000 tokens less are left than the two requests explain.
+        ledger.observe(ticket, ticket.remaining_requests - 1, ticket.remaining_tokens - 300 - 2_000)
+        assert ledger.foreign_tokens == 2_000
+        assert ledger.window.remaining[1] == 6_666 - 600 - 2_000
+        ledger.observe(later, later.remaining_requests, later.remaining_tokens)  # agrees: nothing added
+        assert ledger.foreign_tokens == 2_000
+
+
+class TestParts:
+    """The budget and the window copy on their own."""
+
+    def test_budget_overdraft_is_paid_back(self) -> None:
+        budget = Budget(per_second=100, capacity=100, now=0.0)
+        assert budget.wait(0.0, 500) == 0.0  # a request larger than the bucket waits for a full bucket only
+        budget.take(0.0, 500)
+        assert budget.wait(0.0, 10) == pytest.approx(4.1)
+
+    def test_window_wait_is_until_enough_expires(self) -> None:
+        log = WindowLog(request_limit=100, token_limit=100, window_s=10)
+        log.add(0.0, 1, 60)
+        log.add(2.0, 1, 30)
+        assert log.wait(3.0, 10) == 0.0
+        assert log.wait(3.0, 50) == pytest.approx(7.0)  # the 60 leaves at t=10
+        assert log.wait(3.0, 80) == pytest.approx(9.0)  # both must leave
+
+
+async def test_quota_admits_in_arrival_order() -> None:
+    # 100 tokens per 10 ms window: the waits below are milliseconds; only the order is asserted.
+    quota = Quota(60_000_000, 600_000, window_s=0.01)
+    order: list[int] = []
+
+    async def ask(i: int, cost: int) -> None:
+        await quota.admit(cost)
+        order.append(i)
+
+    async with asyncio.TaskGroup() as group:
+        for i, cost in enumerate([100, 90, 10, 10, 10, 95, 5]):
+            group.create_task(ask(i, cost))
+    assert order == [0, 1, 2, 3, 4, 5, 6]
+    assert quota.admitted_tokens == 320

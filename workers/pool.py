@@ -85,6 +85,7 @@ class Lane:
     workers: int
     key_confirmed: bool = False
     head: asyncio.Lock = field(default_factory=asyncio.Lock)
+    room: list[Waiting] = field(default_factory=list)
     _probe: asyncio.Lock = field(default_factory=asyncio.Lock)
     _rejected: JobAbortedError | None = None
 
@@ -120,6 +121,23 @@ class Lane:
         return await self.client.complete(row.messages, row.params)
 
 
+class _Empty:
+    """Nothing in the queue right now (the input is not over)."""
+
+
+EMPTY = _Empty()
+
+
+@dataclass(slots=True)
+class Waiting:
+    """A row counted and ready, waiting on its lane for the quota to admit it."""
+
+    row: PromptRow
+    outcome: Outcome
+    cost: int
+    since: float
+
+
 @dataclass
 class Tally:
     """Running totals, for progress lines."""
@@ -140,17 +158,20 @@ class Tally:
 class Engine:
     """Runs rows through a set of lanes with retries; see the module docstring.
 
-    Per lane, one worker at a time is the *head*: it takes the next row, counts its
-    tokens and waits for the lane's quota to admit it, then sends it while the next
-    worker becomes head. So a row waits for admission only on the lane that will send
-    it, at most one row per lane waits at all, and the other rows stay in the shared
-    queue for whichever lane is ready first. How many requests are in flight follows
-    from the admitted rate and the latency (Little's law), up to ``Lane.workers``.
+    Per lane, one worker at a time is the *head*: it tops up the lane's small waiting
+    room (``lookahead`` rows, counted and costed) from the shared queue, waits for the
+    quota to admit one of them — the oldest, or while the oldest has waited less than
+    one window, a younger one that fits the room left at the window's edge — and sends
+    it while the next worker becomes head. Rows wait for admission only on the lane
+    that will send them, a few per lane at most; the rest stay in the shared queue for
+    whichever lane is ready first. How many requests are in flight follows from the
+    admitted rate and the latency (Little's law), up to ``Lane.workers``.
     """
 
     def __init__(self, lanes: Sequence[Lane], policy: RetryPolicy, *, rng: random.Random | None = None,
-                 progress_every_s: float = 10.0):
+                 progress_every_s: float = 10.0, lookahead: int = 16):
         self.lanes = list(lanes)
+        self.lookahead = lookahead
         self.policy = policy
         self.tally = Tally()
         self._rng = rng or random.Random()
@@ -170,8 +191,14 @@ class Engine:
                 await inbox.put(item)
             await inbox.put(None)
 
-        async def next_item() -> Item | None:
-            item = await inbox.get()
+        async def next_item(block: bool) -> Item | None | _Empty:
+            if block:
+                item = await inbox.get()
+            else:
+                try:
+                    item = inbox.get_nowait()
+                except asyncio.QueueEmpty:
+                    return EMPTY
             if item is None:  # the end: leave it there for every other lane's head too
                 inbox.put_nowait(None)
             return item
@@ -215,17 +242,23 @@ class Engine:
                  in_flight=self.in_flight, peak_in_flight=self.peak_in_flight,
                  pauses_429=sum(lane.quota.ledger.pauses for lane in self.lanes))
 
-    async def _next(self, lane: Lane, next_item: Callable[[], Awaitable[Item | None]]) -> Outcome | None:
-        """Become head, take a row and see it to its outcome; ``None`` when the input is done."""
+    async def _next(self, lane: Lane, next_item: Callable[[bool], Awaitable[Item | None | _Empty]]) -> Outcome | None:
+        """Become head, pick a waiting row and see it to its outcome; ``None`` when the input is done."""
         async with lane.head:
-            item = await next_item()
-            if item is None:
+            while len(lane.room) < self.lookahead:
+                pulled = await next_item(not lane.room)  # block only when nothing is waiting
+                if pulled is None or pulled is EMPTY:
+                    break
+                assert not isinstance(pulled, _Empty)
+                outcome, cost = self._prepare(lane, pulled)
+                if cost is None:
+                    return outcome
+                lane.room.append(Waiting(pulled, outcome, cost, time.monotonic()))
+            if not lane.room:
                 return None
-            outcome, cost = self._prepare(lane, item)
-            if cost is None:
-                return outcome
-            ticket = await lane.quota.admit(cost)
-        assert isinstance(item, PromptRow)
+            index, ticket = await lane.quota.admit_first_fit([w.cost for w in lane.room], lane.room[0].since)
+            waiting = lane.room.pop(index)
+        item, outcome, cost = waiting.row, waiting.outcome, waiting.cost
         while True:
             outcome.attempts += 1
             self.in_flight += 1

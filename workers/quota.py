@@ -4,10 +4,12 @@ Azure meters a serverless deployment's quota over short windows (1–10 s) and c
 request at admission as prompt + max_tokens. Two things keep a job just under that:
 
 - ``Budget``: requests and tokens refill continuously at the per-minute rate and hold
-  at most what one enforcement window allows (``burst_s``, the window by default), so
-  a job starts at full speed without a 429 storm. A large request may overdraw it; the
+  at most ``burst_s`` seconds' worth (one by default, never more than the window), so
+  a job starts at once without a 429 storm and then runs smooth: bursts as large as the
+  window pass the server's test only if the server stamps them as fast as the client
+  sent them, and a busy front door does not. A large request may overdraw it; the
   debt is paid back before the next one goes, so a long prompt is never starved by
-  short ones. An unforeseen 429 halves the burst, down to one second's worth.
+  short ones. An unforeseen 429 halves the burst, down to a quarter second's worth.
 - ``WindowLog``: the client's copy of the server's sliding window. A request goes only
   when it fits what the window still allows, the same test the server applies, so the
   boundary of a window does not turn into 429s.
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -140,7 +142,7 @@ class Ledger:
     def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
                  burst_s: float | None = None, guard_s: float = 0.05, now: float = 0.0):
         rps, tps = requests_per_minute / 60, tokens_per_minute / 60
-        burst_s = window_s if burst_s is None else min(burst_s, window_s)
+        burst_s = min(1.0 if burst_s is None else burst_s, window_s)
         self.window = WindowLog(max(1, int(rps * window_s)), max(1, int(tps * window_s)), window_s, guard_s)
         self.requests = Budget(rps, max(1.0, rps * burst_s), now)
         self.tokens = Budget(tps, max(1.0, tps * burst_s), now)
@@ -158,6 +160,27 @@ class Ledger:
             self.tokens.wait(now, tokens),
             self.window.wait(now, tokens),
         )
+
+    def choose(self, now: float, costs: Sequence[int], oldest_waited_s: float) -> tuple[int | None, float]:
+        """Which of the waiting requests (oldest first) may go now.
+
+        The oldest goes as soon as it fits. Until it has waited one window, a younger
+        one that fits the room left at the window's edge may go first (the oldest cannot
+        use that room yet anyway); after that, nobody overtakes it. Returns the index
+        and 0, or ``None`` and how long to wait before asking again.
+        """
+        first = self.delay(now, costs[0])
+        if first == 0.0:
+            return 0, 0.0
+        if oldest_waited_s >= self.window.window_s:
+            return None, first
+        soonest = first
+        for index in range(1, len(costs)):
+            wait = self.delay(now, costs[index])
+            if wait == 0.0:
+                return index, 0.0
+            soonest = min(soonest, wait)
+        return None, min(soonest, self.window.window_s - oldest_waited_s)
 
     def admit(self, now: float, tokens: int) -> Ticket:
         """Charge one request of ``tokens``; call when ``delay`` says 0."""
@@ -189,7 +212,7 @@ class Ledger:
 
         A 429 the window copy did not foresee means the server meters over a shorter
         window than configured (or someone else uses the deployment): bursts are
-        halved, down to one second's worth, and the pool resumes at the steady rate.
+        halved, down to a quarter second's worth, and the pool resumes at the steady rate.
         """
         self.window.refund(ticket.entry)
         pause = retry_after_s if retry_after_s is not None else 1.0
@@ -197,7 +220,7 @@ class Ledger:
             self.pauses += 1
             self.paused_until = now + pause
             for budget in (self.requests, self.tokens):
-                budget.capacity = max(budget.per_second, budget.capacity / 2)
+                budget.capacity = max(budget.per_second / 4, budget.capacity / 2)
         self.requests.drain(now)
         self.tokens.drain(now)
 
@@ -227,6 +250,18 @@ class Quota:
             self.admitted_requests += 1
             self.admitted_tokens += tokens
             return self.ledger.admit(self._clock(), tokens)
+
+    async def admit_first_fit(self, costs: Sequence[int], oldest_since: float) -> tuple[int, Ticket]:
+        """Admit one of several waiting requests, as ``Ledger.choose`` picks; returns its index."""
+        async with self._line:
+            while True:
+                now = self._clock()
+                index, wait = self.ledger.choose(now, costs, now - oldest_since)
+                if index is not None:
+                    self.admitted_requests += 1
+                    self.admitted_tokens += costs[index]
+                    return index, self.ledger.admit(now, costs[index])
+                await asyncio.sleep(wait)
 
     def observe(self, ticket: Ticket, remaining_requests: int | None, remaining_tokens: int | None) -> None:
         """See ``Ledger.observe``."""

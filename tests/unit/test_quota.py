@@ -34,11 +34,15 @@ class TestLedger:
         utilization = sum(costs) / (TPM * times[-1] / 60)
         assert utilization > 0.97
 
-    def test_first_window_goes_at_once_then_the_steady_rate(self) -> None:
-        ledger = Ledger(RPM, TPM, window_s=WINDOW)
-        times = drive(ledger, [300] * 60)
+    def test_a_second_goes_at_once_then_the_steady_rate(self) -> None:
+        times = drive(Ledger(RPM, TPM, window_s=WINDOW), [300] * 40)
+        assert times[1] == 0.0 < times[2]  # one second's worth: 666 tokens
+        spacing = (times[39] - times[2]) / 37
+        assert spacing == pytest.approx(300 / (TPM / 60), rel=0.01)
+
+    def test_a_burst_may_be_as_large_as_the_window(self) -> None:
+        times = drive(Ledger(RPM, TPM, window_s=WINDOW, burst_s=WINDOW), [300] * 60)
         assert times[21] == 0.0 and times[22] > WINDOW  # 22 × 300 ≤ 6,666 < 23 × 300
-        assert times[43] - times[22] < 1.0 < times[44] - 2 * WINDOW + 1  # the next window refills as the first expires
 
     def test_a_large_request_is_not_starved(self) -> None:
         ledger = Ledger(60_000, 6_000, window_s=1.0, burst_s=1.0)  # 100 tokens per 1 s window
@@ -48,13 +52,27 @@ class TestLedger:
         assert 0 < wait <= 1.0 - now + 0.05  # until the full window expires (plus the guard), no longer
         # (that small requests cannot overtake it meanwhile is the admission line's job: see below)
 
+    def test_younger_rows_fill_the_window_edge_for_one_window_at_most(self) -> None:
+        ledger = Ledger(60_000, 6_000, window_s=1.0, burst_s=1.0, guard_s=0.0)  # 100 tokens per second
+        ledger.admit(0.0, 70)
+        assert ledger.choose(0.0, [40, 50, 30], oldest_waited_s=0.0) == (2, 0.0)  # 30 fits, 40 does not
+        ledger.admit(0.0, 30)
+        index, wait = ledger.choose(0.5, [40, 50], oldest_waited_s=0.5)
+        assert index is None and 0 < wait <= 0.5
+        # Once the oldest has waited a window, nobody overtakes it, even if they would fit.
+        ledger2 = Ledger(60_000, 6_000, window_s=1.0, burst_s=1.0, guard_s=0.0)
+        ledger2.admit(0.0, 70)
+        assert ledger2.choose(0.0, [40, 30], oldest_waited_s=1.0)[0] is None
+
     def test_request_quota_binds_too(self) -> None:
-        ledger = Ledger(60, 10**9, window_s=WINDOW)  # 10 requests per window
+        ledger = Ledger(60, 10**9, window_s=WINDOW, burst_s=WINDOW)  # 10 requests per window
         times = drive(ledger, [1] * 11)
         assert times[9] == 0.0 and times[10] >= WINDOW
+        times = drive(Ledger(60, 10**9, window_s=WINDOW), [1] * 11)  # one a second
+        assert times[:3] == [0.0, 1.0, 2.0]
 
     def test_429_pauses_everyone_refunds_and_halves_the_burst(self) -> None:
-        ledger = Ledger(RPM, TPM, window_s=WINDOW)
+        ledger = Ledger(RPM, TPM, window_s=WINDOW, burst_s=WINDOW)
         ticket = ledger.admit(0.0, 300)
         capacity = ledger.tokens.capacity
         ledger.rate_limited(0.1, ticket, retry_after_s=2.0)

@@ -154,12 +154,13 @@ class Ledger:
 
     def delay(self, now: float, tokens: int) -> float:
         """Seconds to wait before a request of ``tokens`` may go (0: now)."""
-        return max(
+        wait = max(
             self.paused_until - now,
             self.requests.wait(now, 1),
             self.tokens.wait(now, tokens),
             self.window.wait(now, tokens),
         )
+        return wait if wait > 1e-6 else 0.0  # float residue of a refill is not a wait
 
     def choose(self, now: float, costs: Sequence[int], oldest_waited_s: float) -> tuple[int | None, float]:
         """Which of the waiting requests (oldest first) may go now.
@@ -172,7 +173,8 @@ class Ledger:
         first = self.delay(now, costs[0])
         if first == 0.0:
             return 0, 0.0
-        if oldest_waited_s >= self.window.window_s:
+        bypass_left = self.window.window_s - oldest_waited_s
+        if bypass_left <= 1e-6:
             return None, first
         soonest = first
         for index in range(1, len(costs)):
@@ -180,7 +182,7 @@ class Ledger:
             if wait == 0.0:
                 return index, 0.0
             soonest = min(soonest, wait)
-        return None, min(soonest, self.window.window_s - oldest_waited_s)
+        return None, min(soonest, bypass_left)
 
     def admit(self, now: float, tokens: int) -> Ticket:
         """Charge one request of ``tokens``; call when ``delay`` says 0."""

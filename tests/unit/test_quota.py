@@ -22,6 +22,24 @@ def drive(ledger: Ledger, costs: list[int], start: float = 0.0) -> list[float]:
     return times
 
 
+def drive_with_look_ahead(ledger: Ledger, costs: list[int], look_ahead: int) -> list[tuple[float, int]]:
+    """Admit from a room of ``look_ahead`` waiting costs as ``choose`` picks; (time, cost) in admission order."""
+    now, room, admitted, pending = 0.0, [], [], list(costs)
+    for _ in range(100 * len(costs)):  # bounded: a decision that never advances time fails the test
+        while len(room) < look_ahead and pending:
+            room.append((pending.pop(0), now))
+        if not room:
+            return admitted
+        index, wait = ledger.choose(now, [c for c, _ in room], now - room[0][1])
+        if index is None:
+            now += wait
+            continue
+        cost, _ = room.pop(index)
+        ledger.admit(now, cost)
+        admitted.append((now, cost))
+    raise AssertionError("admission made no progress")
+
+
 class TestLedger:
     """The client's admission against a server that meters over a sliding window."""
 
@@ -33,6 +51,19 @@ class TestLedger:
         assert all(server.try_admit(t + 0.005, c).admitted for t, c in zip(times, costs, strict=True))
         utilization = sum(costs) / (TPM * times[-1] / 60)
         assert utilization > 0.97
+
+    def test_look_ahead_fills_window_edges_without_passing_the_window(self) -> None:
+        costs = [290 + 19 * ((i * 7919) % 4) for i in range(1_000)]  # like translation charges: 1–4 sentences
+
+        def utilization(look_ahead: int) -> float:
+            server = SlidingWindow(RPM, TPM, WINDOW)
+            admitted = drive_with_look_ahead(Ledger(RPM, TPM, window_s=WINDOW), costs, look_ahead)
+            assert all(server.try_admit(t + 0.005, c).admitted for t, c in admitted)
+            return sum(costs) / (TPM * admitted[-1][0] / 60)
+
+        fifo, packed = utilization(1), utilization(16)
+        assert packed > fifo + 0.01
+        assert packed > 0.96
 
     def test_a_second_goes_at_once_then_the_steady_rate(self) -> None:
         times = drive(Ledger(RPM, TPM, window_s=WINDOW), [300] * 40)

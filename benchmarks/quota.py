@@ -152,7 +152,8 @@ def main() -> None:
     print(f"peak RSS             {cpu_after.ru_maxrss / 1024:.0f} MB")
     ledgers = [lane.quota.ledger for lane in result.engine.lanes]
     print(f"peak in flight       {result.engine.peak_in_flight}")
-    print(f"client ledger        {sum(x.pauses for x in ledgers)} shared pauses, "
+    overtakes = sum(lane.quota.overtakes for lane in result.engine.lanes)
+    print(f"client ledger        {overtakes} look-ahead admissions, {sum(x.pauses for x in ledgers)} shared pauses, "
           f"{sum(x.foreign_tokens for x in ledgers):,} foreign tokens seen in x-ratelimit headers")
 
 

@@ -99,6 +99,11 @@ class Lane:
         """The model's context length."""
         return self.counter.model.context_tokens
 
+    async def probe_finished(self) -> None:
+        """Wait while the first call is trying the key: admitting more now would only pile them up."""
+        async with self._probe:
+            pass
+
     async def call(self, row: PromptRow) -> Completion:
         """Send one row, serialized behind the first call until the key is known to work."""
         while not self.key_confirmed:
@@ -256,6 +261,8 @@ class Engine:
                 lane.room.append(Waiting(pulled, outcome, cost, time.monotonic()))
             if not lane.room:
                 return None
+            if not lane.key_confirmed:
+                await lane.probe_finished()
             index, ticket = await lane.quota.admit_first_fit([w.cost for w in lane.room], lane.room[0].since)
             waiting = lane.room.pop(index)
         item, outcome, cost = waiting.row, waiting.outcome, waiting.cost

@@ -243,6 +243,8 @@ class Quota:
         self._line = asyncio.Lock()
         self.admitted_requests = 0
         self.admitted_tokens = 0
+        #: Admissions that went ahead of an older waiting row (look-ahead packing).
+        self.overtakes = 0
 
     async def admit(self, tokens: int) -> Ticket:
         """Wait for this request's turn and for room in every budget; then charge it."""
@@ -260,6 +262,7 @@ class Quota:
                 now = self._clock()
                 index, wait = self.ledger.choose(now, costs, now - oldest_since)
                 if index is not None:
+                    self.overtakes += index > 0
                     self.admitted_requests += 1
                     self.admitted_tokens += costs[index]
                     return index, self.ledger.admit(now, costs[index])

@@ -35,6 +35,7 @@ from typing import Any
 from flows.logs import configure
 from flows.pipeline import execute
 from schemas import job_from_dict
+from workers.pool import DEFAULT_LOOKAHEAD
 
 SENTENCES = (
     "The city council approved the new budget after a long and sometimes heated debate.",
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=1.0, help="k: quotas ×k, windows and latency ÷k")
     parser.add_argument("--unlimited", action="store_true", help="quotas so large they never bind")
     parser.add_argument("--shard-rows", type=int, default=5000)
+    parser.add_argument("--lookahead", type=int, default=DEFAULT_LOOKAHEAD, help="rows per deployment waiting to be packed")
     args = parser.parse_args()
     configure(level=30)  # warnings only: progress lines would cost client CPU
 
@@ -117,7 +119,7 @@ def main() -> None:
         })
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.monotonic()
-        result = asyncio.run(execute(spec, [str(prompts)]))
+        result = asyncio.run(execute(spec, [str(prompts)], lookahead=args.lookahead))
         wall = time.monotonic() - started
         cpu_after = resource.getrusage(resource.RUSAGE_SELF)
         sim_stats = [stats(url) for _, url in sims]

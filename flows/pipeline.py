@@ -15,6 +15,7 @@ from flows.parts import PartSummary, PartWriter
 from flows.storage import storage_for
 from schemas import EndpointSpec, JobSpec
 from workers import EndpointClient, Engine, Lane, Quota, RetryPolicy, Tally, TokenCounter
+from workers.pool import DEFAULT_LOOKAHEAD
 
 
 class JobError(RuntimeError):
@@ -45,11 +46,11 @@ def lane_for(endpoint: EndpointSpec, key: str) -> Lane:
     return Lane(EndpointClient(endpoint, key), quota, TokenCounter(endpoint.model), endpoint.max_concurrency)
 
 
-async def execute(spec: JobSpec, files: list[str]) -> Execution:
+async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_LOOKAHEAD) -> Execution:
     """Send every row of ``files`` through the job's deployments; publish one part per shard."""
     keys = [api_key(e.api_key_env) for e in spec.all_endpoints]
     lanes = [lane_for(e, key) for e, key in zip(spec.all_endpoints, keys, strict=True)]
-    engine = Engine(lanes, RetryPolicy(max_attempts=spec.max_attempts))
+    engine = Engine(lanes, RetryPolicy(max_attempts=spec.max_attempts), lookahead=lookahead)
     writer = PartWriter(storage_for(spec.output), spec.output, spec.shard_rows, spec.price)
     try:
         tally = await engine.run(stream(iter_items(spec, storage_for(spec.input), files)), writer.add)

@@ -106,6 +106,20 @@ class EndpointClient:
                 log.warning("logprobs_refused", endpoint=self.spec.url, detail=exc.message[:200])
             return await self._post(*self.request_body(messages, params))
 
+    async def check_key(self) -> bool:
+        """Ask ``GET /info`` whether the key is accepted, at the cost of no completion.
+
+        True when the deployment answers 200; raises ``AuthRejectedError`` on 401/403;
+        False when the answer says nothing about the key (no such route, a 5xx, no answer).
+        """
+        try:
+            response = await self._http.get("/info")
+        except httpx.HTTPError:
+            return False
+        if response.status_code in (401, 403):
+            raise error_from_response(response.status_code, response.content, response.headers)
+        return response.status_code == 200
+
     def request_body(self, messages: tuple[dict[str, str], ...] | list[dict[str, str]], params: Params) -> tuple[dict[str, Any], dict[str, str]]:
         """The JSON body and extra headers for this route: only fields the route knows."""
         body: dict[str, Any] = {"model": self.spec.model, "messages": list(messages), "max_tokens": params.max_tokens}

@@ -29,6 +29,8 @@ from workers.tokens import TokenCounter, TokenizeError
 log = structlog.get_logger(__name__)
 
 Item = PromptRow | BadRowError
+#: Rows a deployment's head keeps counted and ready, to fill the room at a window's edge.
+DEFAULT_LOOKAHEAD = 12
 Sink = Callable[["Outcome"], Awaitable[None]]
 
 
@@ -75,8 +77,9 @@ class Outcome:
 class Lane:
     """One deployment as the pool sees it: its client, its quota, its tokenizer.
 
-    Until the deployment has answered once with anything but 401/403, its calls go one
-    at a time: a wrong key costs one request, not one per worker.
+    The key is tried on ``GET /info`` first; where that says nothing (no such route),
+    calls go one at a time until the deployment has answered once with anything but
+    401/403: a wrong key costs at most one request, not one per worker.
     """
 
     client: EndpointClient
@@ -98,6 +101,14 @@ class Lane:
     def context_tokens(self) -> int:
         """The model's context length."""
         return self.counter.model.context_tokens
+
+    async def confirm_key(self) -> None:
+        """Try the key on ``GET /info`` before any completion is sent."""
+        try:
+            self.key_confirmed = await self.client.check_key()
+        except JobAbortedError as exc:
+            self._rejected = exc
+            raise
 
     async def probe_finished(self) -> None:
         """Wait while the first call is trying the key: admitting more now would only pile them up."""
@@ -174,7 +185,7 @@ class Engine:
     """
 
     def __init__(self, lanes: Sequence[Lane], policy: RetryPolicy, *, rng: random.Random | None = None,
-                 progress_every_s: float = 10.0, lookahead: int = 16):
+                 progress_every_s: float = 10.0, lookahead: int = DEFAULT_LOOKAHEAD):
         self.lanes = list(lanes)
         self.lookahead = lookahead
         self.policy = policy
@@ -229,6 +240,8 @@ class Engine:
 
         try:
             async with asyncio.TaskGroup() as group:
+                for lane in self.lanes:
+                    await lane.confirm_key()
                 group.create_task(feed())
                 for lane in self.lanes:
                     for _ in range(lane.workers):

@@ -97,6 +97,8 @@ class TestEngine:
 
         with pytest.raises(AuthRejectedError):
             await engine.run(rows(10_000, Params(max_tokens=10)), sink)
-        assert sim.stats()["unauthorized"] == 1  # the first answer stops the job
+        stats = sim.stats()
+        assert stats["unauthorized"] == 1  # GET /info said no: the job stops
+        assert stats.get("requests", 0) == 0  # before any completion was sent
         await engine.lanes[0].client.aclose()
 

@@ -96,6 +96,16 @@ class TestComplete:
         assert first.content == second.content == "Ciao"
         assert ["logprobs" in b for b in bodies] == [True, False, False]
 
+    @pytest.mark.parametrize(("status", "expected"), [(200, True), (404, False), (503, False)])
+    async def test_check_key_on_info(self, status: int, expected: bool) -> None:
+        async with client_with(lambda r: httpx.Response(status, json={"model_name": "m"})) as client:
+            assert await client.check_key() is expected
+
+    async def test_check_key_rejected(self) -> None:
+        async with client_with(lambda r: httpx.Response(401, json={"error": {"code": "Unauthorized"}})) as client:
+            with pytest.raises(AuthRejectedError):
+                await client.check_key()
+
     async def test_truncated_body_is_retryable(self) -> None:
         raw = json.dumps(OK_BODY).encode()
         async with client_with(lambda r: httpx.Response(200, content=raw[: len(raw) // 2])) as client:

@@ -142,3 +142,19 @@ def test_demo_command(tmp_path: Path) -> None:
     assert "rows:     40 (40 ok, 0 filtered, 0 error)" in result.output
     assert "cost:     $" in result.output
     assert len(pq.read_table(tmp_path / "demo" / "output")) == 40
+
+
+def test_cli_run_with_a_rejected_key_exits_3_with_one_line(tmp_path: Path, simulator: Callable[..., SimulatorProcess],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_SIM_KEY", "sk-wrong-0123456789")
+    sim = simulator("--api-key", "right", "--latency", "0")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
+    spec = {**job(sim.url, "unused", "mistral", False), "input": str(tmp_path / "p.jsonl"),
+            "output": str(tmp_path / "out")}
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(json.dumps(spec))  # JSON is YAML
+    result = CliRunner().invoke(main, ["run", str(job_file)])
+    assert result.exit_code == 3
+    failure = [line for line in result.output.splitlines() if line.startswith("promptbatch:")]
+    assert len(failure) == 1 and "refused the job's key" in failure[0] and "HTTP 401" in failure[0]
+    assert "sk-wrong-0123456789" not in result.output

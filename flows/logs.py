@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -34,7 +35,7 @@ def scrub(text: str) -> str:
     return _ACCOUNT_KEY.sub(r"\1***", text)
 
 
-def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
     """structlog processor: scrub every string value of the event."""
     return {k: scrub(v) if isinstance(v, str) else v for k, v in event.items()}
 

@@ -103,10 +103,10 @@ class PartWriter:
 def summarize(name: str, shard: int, records: list[dict[str, Any]]) -> PartSummary:
     """Totals of one part's records."""
     statuses = Counter(r["status"] for r in records)
-    by_model: Counter[str] = Counter()
+    by_model: dict[str, float] = {}
     for r in records:
         if r["model"]:
-            by_model[r["model"]] += r["cost_usd"] or 0.0
+            by_model[r["model"]] = by_model.get(r["model"], 0.0) + (r["cost_usd"] or 0.0)
     return PartSummary(
         name=name,
         shard=shard,

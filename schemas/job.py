@@ -106,8 +106,8 @@ class JobSpec(_Frozen):
     output: str
     endpoint: EndpointSpec | None = None
     endpoints: tuple[EndpointSpec, ...] | None = None
-    prompt: PromptSpec = PromptSpec()
-    params: Params = Params()
+    prompt: PromptSpec = Field(default_factory=PromptSpec)
+    params: Params = Field(default_factory=Params)
     budget_usd: float | None = Field(None, gt=0)
     prices: dict[str, PriceOverride] = {}
     shard_rows: int = Field(5_000, gt=0)

@@ -271,6 +271,7 @@ class Engine:
                 outcome, cost = self._prepare(lane, pulled)
                 if cost is None:
                     return outcome
+                assert isinstance(pulled, PromptRow)  # only rows that can be sent have a cost
                 lane.room.append(Waiting(pulled, outcome, cost, time.monotonic()))
             if not lane.room:
                 return None

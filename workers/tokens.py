@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 from mistral_common.protocol.instruct.messages import (
     AssistantMessage,
@@ -52,7 +53,7 @@ class TokenCounter:
     def prompt_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         """Tokens of the encoded chat request, template and special tokens included."""
         try:
-            request = ChatCompletionRequest(
+            request: ChatCompletionRequest[Any] = ChatCompletionRequest(
                 messages=[_MESSAGE_TYPES[m["role"]](content=m["content"]) for m in messages]
             )
             return len(self._tokenizer.encode_chat_completion(request).tokens)

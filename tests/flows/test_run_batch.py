@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from flows.batch import run_batch
 from flows.cli import main
 from flows.storage import storage_for
-from schemas import OUTPUT_SCHEMA, Price, PromptSpec, build_row, Params
+from schemas import OUTPUT_SCHEMA, Params, Price, PromptSpec, build_row
 from tests.conftest import Azurite, SimulatorProcess
 from workers import AuthRejectedError
 from workers.simulator import prompt_digest

@@ -132,6 +132,7 @@ class Simulator:
         messages = body.get("messages")
         if (problem := self._check_messages(messages)) is not None:
             return problem
+        assert isinstance(messages, list)
         max_tokens = body.get("max_tokens") or self.config.default_max_tokens
         if not isinstance(max_tokens, int) or max_tokens < 1:
             return self._error(422, {"object": "error", "message": "max_tokens must be a positive integer",
@@ -275,8 +276,7 @@ async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> tu
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    sockets = site._server.sockets if site._server else []  # aiohttp exposes no public accessor
-    bound = sockets[0].getsockname()[1] if sockets else port
+    bound = runner.addresses[0][1] if runner.addresses else port
     return runner, f"http://{host}:{bound}"
 
 

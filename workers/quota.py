@@ -75,12 +75,19 @@ class WindowLog:
     def __init__(self, request_limit: int, token_limit: int, window_s: float, guard_s: float = 0.0):
         self.request_limit = request_limit
         self.token_limit = token_limit
+        self.server_window_s = window_s
         # Entries are kept a little past the window: the server stamps a request when it
         # arrives, and a request that overtakes an older one in flight must still fit.
+        self.guard_s = guard_s
         self.window_s = window_s + guard_s
         self._entries: deque[Entry] = deque()
         self.requests = 0
         self.tokens = 0
+
+    def widen_guard(self, most_s: float = 1.0) -> None:
+        """Keep entries longer: the server stamps requests later than this copy thought."""
+        self.guard_s = min(most_s, max(0.01, self.guard_s * 2))
+        self.window_s = self.server_window_s + self.guard_s
 
     def _expire(self, now: float) -> None:
         while self._entries and self._entries[0].stamp <= now - self.window_s:
@@ -212,15 +219,17 @@ class Ledger:
     def rate_limited(self, now: float, ticket: Ticket, retry_after_s: float | None) -> None:
         """A 429: refund the request, pause everyone until the server's window has room.
 
-        A 429 the window copy did not foresee means the server meters over a shorter
-        window than configured (or someone else uses the deployment): bursts are
-        halved, down to a quarter second's worth, and the pool resumes at the steady rate.
+        A 429 the window copy did not foresee means the server stamps requests later
+        than the client sent them, meters over a shorter window than configured, or is
+        shared: the window copy's guard doubles (up to 1 s), bursts are halved (down to
+        a quarter second's worth), and the pool resumes at the steady rate.
         """
         self.window.refund(ticket.entry)
         pause = retry_after_s if retry_after_s is not None else 1.0
         if now + pause > self.paused_until:
             self.pauses += 1
             self.paused_until = now + pause
+            self.window.widen_guard()
             for budget in (self.requests, self.tokens):
                 budget.capacity = max(budget.per_second / 4, budget.capacity / 2)
         self.requests.drain(now)

@@ -102,11 +102,13 @@ class TestLedger:
         times = drive(Ledger(60, 10**9, window_s=WINDOW), [1] * 11)  # one a second
         assert times[:3] == [0.0, 1.0, 2.0]
 
-    def test_429_pauses_everyone_refunds_and_halves_the_burst(self) -> None:
+    def test_429_pauses_everyone_refunds_halves_the_burst_and_widens_the_guard(self) -> None:
         ledger = Ledger(RPM, TPM, window_s=WINDOW, burst_s=WINDOW)
         ticket = ledger.admit(0.0, 300)
-        capacity = ledger.tokens.capacity
+        capacity, guard = ledger.tokens.capacity, ledger.window.guard_s
         ledger.rate_limited(0.1, ticket, retry_after_s=2.0)
+        assert ledger.window.guard_s == 2 * guard  # entries are kept longer from now on
+        assert ledger.window.window_s == WINDOW + 2 * guard
         assert ledger.window.remaining == (ledger.window.request_limit, ledger.window.token_limit)
         assert ledger.delay(0.1, 1) == pytest.approx(2.0)
         assert ledger.tokens.capacity == capacity / 2

@@ -177,7 +177,7 @@ class Engine:
     Per lane, one worker at a time is the *head*: it tops up the lane's small waiting
     room (``lookahead`` rows, counted and costed) from the shared queue, waits for the
     quota to admit one of them — the oldest, or while the oldest has waited less than
-    one window, a younger one that fits the room left at the window's edge — and sends
+    two windows, a younger one that fits the room left at the window's edge — and sends
     it while the next worker becomes head. Rows wait for admission only on the lane
     that will send them, a few per lane at most; the rest stay in the shared queue for
     whichever lane is ready first. How many requests are in flight follows from the

@@ -147,12 +147,14 @@ class Ledger:
     """Admission decisions for one deployment's quota; every method takes ``now``."""
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
-                 burst_s: float | None = None, guard_s: float = 0.05, now: float = 0.0):
+                 burst_s: float | None = None, guard_s: float = 0.05, bypass_windows: float = 2.0,
+                 now: float = 0.0):
         rps, tps = requests_per_minute / 60, tokens_per_minute / 60
         burst_s = min(1.0 if burst_s is None else burst_s, window_s)
         self.window = WindowLog(max(1, int(rps * window_s)), max(1, int(tps * window_s)), window_s, guard_s)
         self.requests = Budget(rps, max(1.0, rps * burst_s), now)
         self.tokens = Budget(tps, max(1.0, tps * burst_s), now)
+        self.bypass_windows = bypass_windows
         self.paused_until = now
         self.foreign_tokens = 0
         self.pauses = 0
@@ -172,15 +174,15 @@ class Ledger:
     def choose(self, now: float, costs: Sequence[int], oldest_waited_s: float) -> tuple[int | None, float]:
         """Which of the waiting requests (oldest first) may go now.
 
-        The oldest goes as soon as it fits. Until it has waited one window, a younger
-        one that fits the room left at the window's edge may go first (the oldest cannot
-        use that room yet anyway); after that, nobody overtakes it. Returns the index
-        and 0, or ``None`` and how long to wait before asking again.
+        The oldest goes as soon as it fits. Until it has waited ``bypass_windows``
+        windows, a younger one that fits the room left at the window's edge may go
+        first (the oldest cannot use that room yet anyway); after that, nobody overtakes
+        it. Returns the index and 0, or ``None`` and how long to wait before asking again.
         """
         first = self.delay(now, costs[0])
         if first == 0.0:
             return 0, 0.0
-        bypass_left = self.window.window_s - oldest_waited_s
+        bypass_left = self.window.window_s * self.bypass_windows - oldest_waited_s
         if bypass_left <= 1e-6:
             return None, first
         soonest = first

@@ -83,17 +83,18 @@ class TestLedger:
         assert 0 < wait <= 1.0 - now + 0.05  # until the full window expires (plus the guard), no longer
         # (that small requests cannot overtake it meanwhile is the admission line's job: see below)
 
-    def test_younger_rows_fill_the_window_edge_for_one_window_at_most(self) -> None:
+    def test_younger_rows_fill_the_window_edge_for_two_windows_at_most(self) -> None:
         ledger = Ledger(60_000, 6_000, window_s=1.0, burst_s=1.0, guard_s=0.0)  # 100 tokens per second
         ledger.admit(0.0, 70)
         assert ledger.choose(0.0, [40, 50, 30], oldest_waited_s=0.0) == (2, 0.0)  # 30 fits, 40 does not
         ledger.admit(0.0, 30)
         index, wait = ledger.choose(0.5, [40, 50], oldest_waited_s=0.5)
         assert index is None and 0 < wait <= 0.5
-        # Once the oldest has waited a window, nobody overtakes it, even if they would fit.
+        # Once the oldest has waited two windows, nobody overtakes it, even if they would fit.
         ledger2 = Ledger(60_000, 6_000, window_s=1.0, burst_s=1.0, guard_s=0.0)
         ledger2.admit(0.0, 70)
-        assert ledger2.choose(0.0, [40, 30], oldest_waited_s=1.0)[0] is None
+        assert ledger2.choose(0.0, [40, 30], oldest_waited_s=1.9)[0] == 1
+        assert ledger2.choose(0.0, [40, 30], oldest_waited_s=2.0)[0] is None
 
     def test_request_quota_binds_too(self) -> None:
         ledger = Ledger(60, 10**9, window_s=WINDOW, burst_s=WINDOW)  # 10 requests per window

@@ -249,22 +249,13 @@ class Quota:
         self._clock = clock or time.monotonic
         self.ledger = Ledger(requests_per_minute, tokens_per_minute, window_s=window_s, burst_s=burst_s,
                              now=self._clock())
-        self.requests_per_minute = requests_per_minute
-        self.tokens_per_minute = tokens_per_minute
         self._line = asyncio.Lock()
-        self.admitted_requests = 0
-        self.admitted_tokens = 0
         #: Admissions that went ahead of an older waiting row (look-ahead packing).
         self.overtakes = 0
 
     async def admit(self, tokens: int) -> Ticket:
         """Wait for this request's turn and for room in every budget; then charge it."""
-        async with self._line:
-            while (wait := self.ledger.delay(self._clock(), tokens)) > 0:
-                await asyncio.sleep(wait)
-            self.admitted_requests += 1
-            self.admitted_tokens += tokens
-            return self.ledger.admit(self._clock(), tokens)
+        return (await self.admit_first_fit([tokens], self._clock()))[1]
 
     async def admit_first_fit(self, costs: Sequence[int], oldest_since: float) -> tuple[int, Ticket]:
         """Admit one of several waiting requests, as ``Ledger.choose`` picks; returns its index."""
@@ -274,8 +265,6 @@ class Quota:
                 index, wait = self.ledger.choose(now, costs, now - oldest_since)
                 if index is not None:
                     self.overtakes += index > 0
-                    self.admitted_requests += 1
-                    self.admitted_tokens += costs[index]
                     return index, self.ledger.admit(now, costs[index])
                 await asyncio.sleep(wait)
 
@@ -285,6 +274,4 @@ class Quota:
 
     def rate_limited(self, ticket: Ticket, retry_after_s: float | None) -> None:
         """See ``Ledger.rate_limited``."""
-        self.admitted_requests -= 1
-        self.admitted_tokens -= ticket.entry.tokens
         self.ledger.rate_limited(self._clock(), ticket, retry_after_s)

@@ -159,4 +159,4 @@ async def test_quota_admits_in_arrival_order() -> None:
         for i, cost in enumerate([100, 90, 10, 10, 10, 95, 5]):
             group.create_task(ask(i, cost))
     assert order == [0, 1, 2, 3, 4, 5, 6]
-    assert quota.admitted_tokens == 320
+    assert quota.ledger.total_tokens == 320

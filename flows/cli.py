@@ -1,7 +1,9 @@
 """The ``promptbatch`` command line.
 
 Exit codes: 0 every row reached a final outcome; 2 the job file or settings are wrong;
-3 the deployment rejected the key (the job stopped at once); 4 storage failed.
+3 the deployment rejected the key (the job stopped at once); 4 storage failed;
+5 stopped by SIGINT/SIGTERM; 6 the budget was reached. After 3–6, running the same
+command again resumes: what finished is kept and not paid for twice.
 Failures print one line on stderr that says what to change.
 """
 
@@ -29,6 +31,7 @@ def _fail(code: int, message: str) -> NoReturn:
 def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
     """Run a flow, turning the ways a job can fail into one line and an exit code."""
     from flows.batch import JobError
+    from flows.pipeline import JobStoppedError
     from flows.storage import StorageError
     from schemas import JobFileError
     from workers import JobAbortedError
@@ -38,9 +41,13 @@ def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
     except (JobFileError, JobError) as exc:
         _fail(2, str(exc))
     except JobAbortedError as exc:
-        _fail(3, f"the deployment refused the job's key ({exc.describe()}); check the key and run again")
+        _fail(3, f"the deployment refused the job's key ({exc.describe()}); check the key and run again "
+                 "(what finished is kept)")
     except StorageError as exc:
-        _fail(4, f"storage: {exc}")
+        _fail(4, f"storage: {exc}; what was committed is kept: run the job again to resume")
+    except JobStoppedError as exc:
+        _print_summary(exc.summary)
+        _fail(6 if exc.reason == "budget" else 5, str(exc))
 
 
 def _print_summary(result: dict[str, Any]) -> None:
@@ -52,6 +59,15 @@ def _print_summary(result: dict[str, Any]) -> None:
     by_model = ", ".join(f"{m} ${c:.4f}" for m, c in cost["by_model"].items())
     click.echo(f"cost:     ${cost['total']:.4f} ({by_model}; prices as of {result['prices_as_of']})")
     click.echo(f"time:     {result['wall_time_s']:.1f} s")
+    bad = result.get("bad_input")
+    if bad:
+        click.echo(f"bad input: {bad['rows']} rows (status error; each named in the output's `error` column):")
+        for line in bad["first"][:5]:
+            click.echo(f"  {line}")
+        if bad["rows"] > 5:
+            click.echo(f"  … and {bad['rows'] - 5} more (the manifest lists the first {len(bad['first'])})")
+    for name in result.get("empty_inputs", []):
+        click.echo(f"empty input file: {name}")
 
 
 @click.group()
@@ -66,8 +82,14 @@ def main(json_logs: bool) -> None:
 @click.option("--input", "input_", help="Override the job's `input`.")
 @click.option("--output", help="Override the job's `output` folder.")
 @click.option("--endpoint-url", help="Override the endpoint's `url` (jobs with one endpoint).")
-def run(job_file: str, input_: str | None, output: str | None, endpoint_url: str | None) -> None:
-    """Run JOB_FILE: every input row ends as one output row with a status."""
+@click.option("--retry-errors", is_flag=True, help="Also send again the rows an earlier run ended in `error`.")
+@click.option("--overwrite", is_flag=True, help="Discard another job's results in the output folder.")
+def run(job_file: str, input_: str | None, output: str | None, endpoint_url: str | None, retry_errors: bool,
+        overwrite: bool) -> None:
+    """Run JOB_FILE: every input row ends as one output row with a status.
+
+    Running it again with the same output finishes what an earlier run left undone.
+    """
     from flows.batch import JobError, load_spec, run_batch
     from schemas import JobFileError
 
@@ -75,7 +97,8 @@ def run(job_file: str, input_: str | None, output: str | None, endpoint_url: str
         load_spec(job_file, input=input_, output=output, endpoint_url=endpoint_url)
     except (JobFileError, JobError) as exc:
         _fail(2, str(exc))
-    result = _run_job(lambda: run_batch(job_file, input=input_, output=output, endpoint_url=endpoint_url))
+    result = _run_job(lambda: run_batch(job_file, input=input_, output=output, endpoint_url=endpoint_url,
+                                        retry_errors=retry_errors, overwrite=overwrite))
     _print_summary(result)
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flows.storage import Storage, redact_location
@@ -38,8 +40,14 @@ def iter_records(storage: Storage, location: str, batch_rows: int = 1024) -> Ite
     name = redact_location(location)
     if input_format(location) == "parquet":
         with storage.local_copy(location) as path:
+            try:
+                parquet = pq.ParquetFile(path)
+            except (pa.ArrowException, OSError) as exc:
+                # Its rows cannot be told apart: the file stands as one bad row.
+                yield name, BadRowError(name, "", f"not a readable Parquet file: {exc}")
+                return
             number = 0
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            for batch in parquet.iter_batches(batch_size=batch_rows):
                 for record in batch.to_pylist():
                     number += 1
                     yield f"{name} row {number}", record
@@ -69,12 +77,29 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield tail
 
 
-def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 512) -> Iterator[list[Item]]:
-    """Every row of every file, numbered in order and built into requests, in batches."""
+@dataclass
+class Reading:
+    """What reading the input found beyond its rows: its length once read, and empty files."""
+
+    rows: int | None = None
+    empty_files: list[str] = field(default_factory=list)
+
+
+def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 512, *,
+               skip: Callable[[int], bool] | None = None, reading: Reading | None = None) -> Iterator[list[Item]]:
+    """Every row of every file, numbered in order and built into requests, in batches.
+
+    Rows for which ``skip(seq)`` holds are counted but neither built nor yielded (they
+    are done already). ``reading`` learns the input's length at the end.
+    """
     seq = 0
     chunk: list[Item] = []
     for location in files:
+        first = seq
         for where, record in iter_records(storage, location):
+            if skip is not None and skip(seq):
+                seq += 1
+                continue
             if isinstance(record, BadRowError):
                 record.seq = seq
                 chunk.append(record)
@@ -87,8 +112,12 @@ def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 5
             if len(chunk) >= batch:
                 yield chunk
                 chunk = []
+        if seq == first and reading is not None:
+            reading.empty_files.append(redact_location(location))
     if chunk:
         yield chunk
+    if reading is not None:
+        reading.rows = seq
 
 
 async def stream(batches: Iterator[list[Item]]) -> AsyncIterator[Item]:

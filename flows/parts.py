@@ -2,31 +2,27 @@
 
 Rows finish out of order; each is held with its shard until every row of that shard
 is in, then the shard is written as ``part-NNNNNN.parquet`` (sorted by input order)
-and published atomically. ``_manifest.json`` holds the totals, summed from the parts.
+and published atomically. ``flows.manifest`` sums the parts' summaries into the manifest.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import re
 import tempfile
-import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.parquet as pq
 import structlog
 
 from flows.storage import Storage
-from schemas import PRICES_AS_OF, STATUSES, JobSpec, Price, output_table
-from workers import Outcome
+from schemas import STATUSES, output_table
 
 log = structlog.get_logger(__name__)
-
-MANIFEST = "_manifest.json"
 
 
 @dataclass
@@ -44,35 +40,55 @@ class PartSummary:
 
 
 class PartWriter:
-    """Buffers outcomes by shard and publishes each shard once it is complete."""
+    """Holds finished rows by shard and publishes each shard once it is complete.
 
-    def __init__(self, storage: Storage, folder: str, shard_rows: int, price_of: Callable[[str], Price]):
+    Publishing runs beside the caller (one part at a time, in a worker thread), so
+    handing a row over never waits on storage; ``on_published`` hears of each part.
+    """
+
+    def __init__(self, storage: Storage, folder: str, shard_rows: int,
+                 on_published: Callable[[PartSummary], Awaitable[None]] | None = None):
         self._storage = storage
         self._folder = folder
         self._shard_rows = shard_rows
-        self._price_of = price_of
+        self._on_published = on_published
         self._open: dict[int, list[dict[str, Any]]] = {}
         self._total_rows: int | None = None
+        self._one_at_a_time = asyncio.Lock()
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._failure: BaseException | None = None
         self.parts: list[PartSummary] = []
 
-    async def add(self, outcome: Outcome) -> None:
-        """Take one finished row; publish its shard if it was the last one missing."""
-        shard = outcome.seq // self._shard_rows
-        price = self._price_of(outcome.model) if outcome.model else None
-        record = outcome.record(price)
-        record["_seq"] = outcome.seq
+    def add(self, seq: int, record: dict[str, Any]) -> None:
+        """Take one finished row; start publishing its shard if it was the last one missing."""
+        if self._failure is not None:
+            raise self._failure
+        shard = seq // self._shard_rows
+        record["_seq"] = seq
         records = self._open.setdefault(shard, [])
         records.append(record)
         if len(records) == self._shard_size(shard):
-            await self._publish(shard)
+            self._start_publish(shard)
 
-    async def finish(self, total_rows: int) -> list[PartSummary]:
-        """Publish the last, shorter shard once the input's length is known."""
-        self._total_rows = total_rows
-        for shard in sorted(self._open):
-            if len(self._open[shard]) != self._shard_size(shard):
-                raise RuntimeError(f"shard {shard} has {len(self._open[shard])} rows, expected {self._shard_size(shard)}")
-            await self._publish(shard)
+    async def finish(self, total_rows: int | None, *, complete: bool = True) -> list[PartSummary]:
+        """Publish every shard that is whole, once the input's length is known; wait for all.
+
+        ``complete``: every row was to finish, so a shard still missing rows is a bug.
+        A stopped run leaves its unfinished shards open (their rows are in the journal).
+        """
+        if total_rows is not None:
+            self._total_rows = total_rows
+            for shard in sorted(self._open):
+                whole = len(self._open[shard]) == self._shard_size(shard)
+                if whole:
+                    self._start_publish(shard)
+                elif complete:
+                    raise RuntimeError(f"shard {shard} has {len(self._open[shard])} rows, "
+                                       f"expected {self._shard_size(shard)}")
+        while self._publishing:
+            await asyncio.gather(*self._publishing)
+        if self._failure is not None:
+            raise self._failure
         return sorted(self.parts, key=lambda p: p.shard)
 
     def _shard_size(self, shard: int) -> int:
@@ -80,15 +96,28 @@ class PartWriter:
             return self._shard_rows
         return min(self._shard_rows, self._total_rows - shard * self._shard_rows)
 
-    async def _publish(self, shard: int) -> None:
-        records = sorted(self._open.pop(shard), key=lambda r: r["_seq"])
+    def _start_publish(self, shard: int) -> None:
+        records = self._open.pop(shard)
+        task = asyncio.create_task(self._publish(shard, records), name=f"publish-{shard}")
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish(self, shard: int, records: list[dict[str, Any]]) -> None:
+        records.sort(key=lambda r: r["_seq"])
         for record in records:
             del record["_seq"]
-        name = f"part-{shard:06d}.parquet"
-        await asyncio.to_thread(self._write, records, name)
-        summary = summarize(name, shard, records)
-        self.parts.append(summary)
-        log.info("part_published", part=name, rows=summary.rows, **summary.by_status)
+        name = part_name(shard)
+        try:
+            async with self._one_at_a_time:  # one at a time, so checkpoints follow publishing order
+                await asyncio.to_thread(self._write, records, name)
+                summary = summarize(name, shard, records)
+                self.parts.append(summary)
+                log.info("part_published", part=name, rows=summary.rows, **summary.by_status)
+                if self._on_published is not None:
+                    await self._on_published(summary)
+        except BaseException as exc:
+            self._failure = self._failure or exc
+            raise
 
     def _write(self, records: list[dict[str, Any]], name: str) -> None:
         fd, tmp = tempfile.mkstemp(suffix=".parquet")
@@ -98,6 +127,20 @@ class PartWriter:
             self._storage.publish(tmp, self._storage.join(self._folder, name))
         finally:
             os.unlink(tmp)
+
+
+def part_name(shard: int) -> str:
+    """The file name of a shard's part."""
+    return f"part-{shard:06d}.parquet"
+
+
+def part_shard(name: str) -> int | None:
+    """The shard a part's file name stands for; ``None`` for any other file."""
+    match = _PART.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+_PART = re.compile(r"part-(\d{6,})\.parquet")
 
 
 def summarize(name: str, shard: int, records: list[dict[str, Any]]) -> PartSummary:
@@ -117,33 +160,3 @@ def summarize(name: str, shard: int, records: list[dict[str, Any]]) -> PartSumma
         cost_usd=sum(r["cost_usd"] or 0.0 for r in records),
         cost_by_model=dict(by_model),
     )
-
-
-def build_manifest(spec: JobSpec, inputs: list[str], parts: list[PartSummary], wall_time_s: float) -> dict[str, Any]:
-    """The job's totals, summed from its parts, with what produced them."""
-    by_status = {s: sum(p.by_status.get(s, 0) for p in parts) for s in STATUSES}
-    by_model: Counter[str] = Counter()
-    for p in parts:
-        by_model.update(p.cost_by_model)
-    prompt = sum(p.prompt_tokens for p in parts)
-    completion = sum(p.completion_tokens for p in parts)
-    return {
-        "job_hash": spec.job_hash(),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "inputs": inputs,
-        "models": sorted({e.model for e in spec.all_endpoints}),
-        "prices_as_of": PRICES_AS_OF.isoformat(),
-        "rows": {"total": sum(by_status.values()), **by_status},
-        "tokens": {"prompt": prompt, "completion": completion, "total": prompt + completion},
-        "cost_usd": {"total": round(sum(p.cost_usd for p in parts), 6),
-                     "by_model": {m: round(c, 6) for m, c in sorted(by_model.items())}},
-        "wall_time_s": round(wall_time_s, 3),
-        "parts": [asdict(p) for p in parts],
-    }
-
-
-def write_manifest(storage: Storage, folder: str, manifest: dict[str, Any]) -> str:
-    """Publish ``_manifest.json`` atomically; return its location."""
-    location = storage.join(folder, MANIFEST)
-    storage.write_bytes(location, json.dumps(manifest, indent=2).encode())
-    return location

@@ -2,24 +2,65 @@
 
 The Prefect task ``process_rows`` wraps ``execute``; the benchmarks call it directly so
 they measure the same code path users run.
+
+Every finished row goes to the journal (durable at once) and to its shard's part
+(published when the shard is whole). Rows an earlier run finished are not sent again:
+those in kept parts are skipped while reading, those in the journal (or in parts being
+published anew for ``--retry-errors``) go straight back to the part writer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from dataclasses import dataclass
+import signal
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from flows.inputs import iter_items, stream
+import structlog
+
+from flows.inputs import Reading, iter_items, stream
+from flows.journal import Journal
 from flows.logs import register_secret
 from flows.parts import PartSummary, PartWriter
+from flows.resume import Progress
 from flows.storage import storage_for
-from schemas import EndpointSpec, JobSpec
-from workers import EndpointClient, Engine, Lane, Quota, RetryPolicy, Tally, TokenCounter
+from schemas import OUTPUT_SCHEMA, BadRowError, EndpointSpec, JobSpec, Price, PromptRow
+from workers import EndpointClient, Engine, Lane, Outcome, Quota, RetryPolicy, Spend, Tally, TokenCounter
 from workers.pool import DEFAULT_LOOKAHEAD
+
+log = structlog.get_logger(__name__)
+
+#: Bad rows named one by one in the manifest and the summary; the rest are counted.
+BAD_INPUT_LISTED = 20
+Checkpoint = Callable[[list[PartSummary]], Awaitable[None]]
 
 
 class JobError(RuntimeError):
     """The job cannot run as configured; the message says what to change."""
+
+
+class JobStoppedError(RuntimeError):
+    """The run stopped before every row was done (``reason``: a signal's name, or ``budget``).
+
+    What finished is published and the manifest written; running the job again resumes.
+    ``summary`` holds the manifest's totals.
+    """
+
+    def __init__(self, reason: str, summary: dict[str, Any]):
+        self.reason = reason
+        self.summary = summary
+        rows = summary["rows"]["total"]
+        total = summary.get("input_rows")
+        of = f" of {total}" if total is not None else ""
+        if reason == "budget":
+            what = (f"budget_usd reached: ${summary['cost_usd']['total']:.4f} spent, {rows}{of} rows done; "
+                    "raise budget_usd and run the job again to finish the rest")
+        else:
+            what = f"stopped by {reason} with {rows}{of} rows done; run the same command again to resume"
+        super().__init__(what)
 
 
 @dataclass
@@ -29,6 +70,20 @@ class Execution:
     parts: list[PartSummary]
     tally: Tally
     engine: Engine
+    reading: Reading
+    resumed_rows: int = 0
+    bad_input: list[str] = field(default_factory=list)
+    bad_input_rows: int = 0
+
+    @property
+    def stopped(self) -> str | None:
+        """Why the run ended before every row was done, or ``None``."""
+        return self.engine.stopped
+
+    @property
+    def done_rows(self) -> int:
+        """Rows the output holds, from every run."""
+        return self.resumed_rows + self.tally.rows
 
 
 def api_key(env_name: str) -> str:
@@ -40,21 +95,112 @@ def api_key(env_name: str) -> str:
     return key
 
 
-def lane_for(endpoint: EndpointSpec, key: str) -> Lane:
+def lane_for(endpoint: EndpointSpec, key: str, price: Price | None = None) -> Lane:
     """A deployment's client, quota and tokenizer, built on the running event loop."""
     quota = Quota(endpoint.requests_per_minute, endpoint.tokens_per_minute, window_s=endpoint.quota_window_s)
-    return Lane(EndpointClient(endpoint, key), quota, TokenCounter(endpoint.model), endpoint.max_concurrency)
+    return Lane(EndpointClient(endpoint, key), quota, TokenCounter(endpoint.model), endpoint.max_concurrency,
+                price=price)
 
 
-async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_LOOKAHEAD) -> Execution:
-    """Send every row of ``files`` through the job's deployments; publish one part per shard."""
+async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_LOOKAHEAD,
+                  progress: Progress | None = None, checkpoint: Checkpoint | None = None,
+                  handle_signals: bool = True) -> Execution:
+    """Send every row of ``files`` not yet done through the job's deployments; publish parts.
+
+    Returns when every row is done, or when the run was stopped (a signal, the budget):
+    then ``Execution.stopped`` says why and the journal holds what finished.
+    """
+    progress = progress or Progress(spec.shard_rows)
     keys = [api_key(e.api_key_env) for e in spec.all_endpoints]
-    lanes = [lane_for(e, key) for e, key in zip(spec.all_endpoints, keys, strict=True)]
-    engine = Engine(lanes, RetryPolicy(max_attempts=spec.max_attempts), lookahead=lookahead)
-    writer = PartWriter(storage_for(spec.output), spec.output, spec.shard_rows, spec.price)
+    lanes = [lane_for(e, key, spec.price(e.model)) for e, key in zip(spec.all_endpoints, keys, strict=True)]
+    spend = Spend(spec.budget_usd, progress.spent_usd)
+    engine = Engine(lanes, RetryPolicy(max_attempts=spec.max_attempts), lookahead=lookahead, spend=spend,
+                    grace_s=spec.stop_grace_s)
+    out = storage_for(spec.output)
+    journal = Journal(out, spec.output, progress.shard_rows)
+    journal.adopt(progress.segments)
+    parts = dict(progress.kept)
+
+    async def published(summary: PartSummary) -> None:
+        journal.published(summary.shard)
+        parts[summary.shard] = summary
+        if checkpoint is not None:
+            await checkpoint(list(parts.values()))
+
+    writer = PartWriter(out, spec.output, progress.shard_rows, on_published=published)
+    execution = Execution([], engine.tally, engine, Reading(), resumed_rows=progress.rows)
+
+    async def sink(outcome: Outcome) -> None:
+        record = outcome.record(spec.price(outcome.model) if outcome.model else None)
+        journal.add(outcome.seq, {name: record[name] for name in OUTPUT_SCHEMA.names})
+        writer.add(outcome.seq, record)
+        if outcome.error is not None and outcome.error.startswith("bad input: "):
+            execution.bad_input_rows += 1
+            if len(execution.bad_input) < BAD_INPUT_LISTED:
+                execution.bad_input.append(outcome.error.removeprefix("bad input: "))
+
+    async def remaining(items: AsyncIterator[PromptRow | BadRowError]) -> AsyncIterator[PromptRow | BadRowError]:
+        async for item in items:
+            done = progress.finished.pop(item.seq, None)
+            if done is None:
+                yield item
+                continue
+            record, whole = done
+            if not whole and isinstance(item, PromptRow):
+                record = {**record, **item.passthrough}
+            writer.add(item.seq, record)
+
+    batches = iter_items(spec, storage_for(spec.input), files, skip=progress.done_shard, reading=execution.reading)
+    journal.start()
+    restore = _on_signals(engine) if handle_signals else None
     try:
-        tally = await engine.run(stream(iter_items(spec, storage_for(spec.input), files)), writer.add)
+        await engine.run(remaining(stream(batches)), sink)
+        finished = engine.stopped is None
+        await writer.finish(execution.reading.rows, complete=finished)
+    except BaseException:
+        # Keep what finished (a rejected key, a storage failure): the next run resumes from it.
+        await asyncio.gather(journal.close(finished=False), writer.finish(None, complete=False),
+                             return_exceptions=True)
+        raise
     finally:
+        if restore is not None:
+            restore()
         for lane in lanes:
             await lane.client.aclose()
-    return Execution(await writer.finish(tally.rows), tally, engine)
+    await journal.close(finished=finished)
+    execution.parts = sorted(parts.values(), key=lambda p: p.shard)
+    if engine.stopped is not None:
+        log.warning("stopped", reason=engine.stopped, rows_done=execution.done_rows,
+                    input_rows=execution.reading.rows, abandoned_in_flight=engine.abandoned)
+    return execution
+
+
+def _on_signals(engine: Engine) -> Callable[[], None] | None:
+    """SIGINT/SIGTERM stop the engine gracefully; a second one ends the grace period at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return None  # only the main thread receives signals; the caller stops the run some other way
+    loop = asyncio.get_running_loop()
+    caught = {"count": 0}
+
+    def handle(signum: int) -> None:
+        caught["count"] += 1
+        name = signal.Signals(signum).name
+        if caught["count"] == 1:
+            engine.stop(name)
+        else:
+            log.warning("stopping_now", signal=name)
+            engine.stop_now()
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, handle, signum)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+
+    def restore() -> None:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+    return restore

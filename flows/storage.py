@@ -12,11 +12,18 @@ Locations are strings:
   ``DefaultAzureCredential``.
 
 Writes are atomic: a local file is written beside its target and renamed over it; a
-blob is uploaded in one committed put. No reader sees half a part.
+blob is uploaded in one committed put. No reader sees half a part. Appends (the
+journal of finished rows) go to an append blob, or a local file opened for appending,
+one whole batch per call.
+
+Blob calls are retried by the Azure SDK with exponential backoff
+(``PROMPTBATCH_STORAGE_RETRIES`` retries, default 6: about a minute and a half in all);
+when they are spent the call fails as a ``StorageError`` that names the location.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import glob
 import os
@@ -27,13 +34,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
 
 _CHUNK = 4 * 1024 * 1024
+#: The largest block one append may carry (the service's limit for older API versions).
+MAX_APPEND = 4 * 1024 * 1024
 
 
 class StorageError(RuntimeError):
@@ -74,6 +83,18 @@ class Storage(Protocol):
 
     def publish(self, local_path: str, location: str) -> None:
         """Atomically publish a finished local file at ``location``."""
+        ...
+
+    def append(self, location: str, data: bytes) -> None:
+        """Add ``data`` (at most ``MAX_APPEND`` bytes) at the end of a file, creating it if needed."""
+        ...
+
+    def list_names(self, folder: str) -> list[str]:
+        """Every file under ``folder``, as names relative to it (``_journal/a.jsonl``), sorted."""
+        ...
+
+    def delete(self, location: str) -> None:
+        """Remove a file; a missing one is not an error."""
         ...
 
 
@@ -118,6 +139,34 @@ class LocalStorage:
     def publish(self, local_path: str, location: str) -> None:
         with self._staged(location) as f, open(local_path, "rb") as src:
             shutil.copyfileobj(src, f)
+
+    def append(self, location: str, data: bytes) -> None:
+        # One write(2) on an O_APPEND descriptor: a killed process leaves whole batches behind
+        # (a crash of the machine itself may cut the last one; readers skip a torn last line).
+        os.makedirs(os.path.dirname(location) or ".", exist_ok=True)
+        fd = os.open(location, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+    def list_names(self, folder: str) -> list[str]:
+        root = Path(folder)
+        if not root.is_dir():
+            return []
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+    def delete(self, location: str) -> None:
+        try:
+            os.unlink(location)
+        except FileNotFoundError:
+            pass
+        folder = os.path.dirname(location)
+        if os.path.basename(folder).startswith("_"):  # our own bookkeeping folder (the journal's), once empty
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
     @contextmanager
     def _staged(self, location: str) -> Iterator[IO[bytes]]:
@@ -180,20 +229,22 @@ class BlobStorage:
     def __init__(self, service: BlobServiceClient, account_url: str):
         self._service = service
         self._account_url = account_url
+        self._appendable: set[str] = set()
 
     @classmethod
     def for_location(cls, location: str) -> BlobStorage:
         """Connect to the account a location names, with the credential the environment gives."""
         loc = parse_blob_location(location)
         conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        options = _client_options()
         if loc.sas:
-            service = BlobServiceClient(loc.account_url, credential=loc.sas)
+            service = BlobServiceClient(loc.account_url, credential=loc.sas, **options)
         elif conn and _connection_account_url(dict(os.environ)) == loc.account_url:
-            service = BlobServiceClient.from_connection_string(conn)
+            service = BlobServiceClient.from_connection_string(conn, **options)
         else:
             from azure.identity import DefaultAzureCredential
 
-            service = BlobServiceClient(loc.account_url, credential=DefaultAzureCredential())
+            service = BlobServiceClient(loc.account_url, credential=DefaultAzureCredential(), **options)
         return cls(service, loc.account_url)
 
     def _split(self, location: str) -> tuple[ContainerClient, str]:
@@ -250,6 +301,44 @@ class BlobStorage:
         container, path = self._split(location)
         with _translated(location), open(local_path, "rb") as f:
             container.upload_blob(path, f, overwrite=True)
+
+
+    def append(self, location: str, data: bytes) -> None:
+        container, path = self._split(location)
+        blob = container.get_blob_client(path)
+        with _translated(location):
+            if location not in self._appendable:
+                if not blob.exists():
+                    blob.create_append_blob()
+                self._appendable.add(location)
+            blob.append_block(data)
+
+    def list_names(self, folder: str) -> list[str]:
+        container, path = self._split(folder)
+        prefix = path.rstrip("/") + "/" if path else ""
+        with _translated(folder):
+            return sorted(b.name[len(prefix):] for b in container.list_blobs(name_starts_with=prefix))
+
+    def delete(self, location: str) -> None:
+        container, path = self._split(location)
+        try:
+            with _translated(location):
+                container.delete_blob(path)
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, ResourceNotFoundError):
+                raise
+        self._appendable.discard(location)
+
+
+def _client_options() -> dict[str, Any]:
+    """Retries and timeouts for every blob call (see the module docstring)."""
+    retries = int(os.environ.get("PROMPTBATCH_STORAGE_RETRIES", "6"))
+    return {
+        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=retries,
+                                         random_jitter_range=1),
+        "connection_timeout": 20,
+        "read_timeout": 120,
+    }
 
 
 def _with_path(location: str, path: str) -> str:

@@ -112,6 +112,7 @@ class JobSpec(_Frozen):
     prices: dict[str, PriceOverride] = {}
     shard_rows: int = Field(5_000, gt=0)
     max_attempts: int = Field(6, ge=1, le=20)
+    stop_grace_s: float = Field(20.0, ge=0, le=600)
 
     @field_validator("prices")
     @classmethod

@@ -19,10 +19,12 @@ from workers.errors import (
 from workers.pool import Engine, Lane, Outcome, Tally
 from workers.quota import Quota
 from workers.retry import RetryPolicy
+from workers.spend import BudgetExhaustedError, Spend
 from workers.tokens import TokenCounter, TokenizeError
 
 __all__ = [
     "AuthRejectedError",
+    "BudgetExhaustedError",
     "Completion",
     "ContentFilteredError",
     "EndpointClient",
@@ -37,6 +39,7 @@ __all__ = [
     "RetryableError",
     "RowFailedError",
     "ServerError",
+    "Spend",
     "Tally",
     "TokenCounter",
     "TokenizeError",

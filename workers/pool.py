@@ -6,6 +6,10 @@ rows flow to whichever deployment has capacity. Every row ends as exactly one
 ``Outcome`` handed to the caller's ``sink`` from a single drain task, in completion
 order. A ``JobAbortedError`` (a rejected key) stops every worker at once and is
 raised from ``run``.
+
+``Engine.stop`` (a signal, or the budget running out) ends a run gracefully: nothing
+more is admitted, rows not yet sent are dropped (they stay pending, for the next run),
+requests in flight get ``grace_s`` seconds to finish and are then cancelled.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from workers.client import Completion, EndpointClient
 from workers.errors import ContentFilteredError, EndpointError, JobAbortedError, RateLimitedError, RowFailedError
 from workers.quota import Quota
 from workers.retry import RetryPolicy
+from workers.spend import BudgetExhaustedError, Spend
 from workers.tokens import TokenCounter, TokenizeError
 
 log = structlog.get_logger(__name__)
@@ -86,6 +91,7 @@ class Lane:
     quota: Quota
     counter: TokenCounter
     workers: int
+    price: Price | None = None
     key_confirmed: bool = False
     head: asyncio.Lock = field(default_factory=asyncio.Lock)
     room: list[Waiting] = field(default_factory=list)
@@ -151,6 +157,7 @@ class Waiting:
     row: PromptRow
     outcome: Outcome
     cost: int
+    worst_usd: float
     since: float
 
 
@@ -185,21 +192,51 @@ class Engine:
     """
 
     def __init__(self, lanes: Sequence[Lane], policy: RetryPolicy, *, rng: random.Random | None = None,
-                 progress_every_s: float = 10.0, lookahead: int = DEFAULT_LOOKAHEAD):
+                 progress_every_s: float = 10.0, lookahead: int = DEFAULT_LOOKAHEAD, spend: Spend | None = None,
+                 grace_s: float = 20.0):
         self.lanes = list(lanes)
         self.lookahead = lookahead
         self.policy = policy
         self.tally = Tally()
+        self.spend = spend or Spend(None)
+        self.grace_s = grace_s
         self._rng = rng or random.Random()
         self._progress_every_s = progress_every_s
         self.in_flight = 0
         self.peak_in_flight = 0
+        #: Why the run stopped early (``"budget"``, a signal's name), or ``None``.
+        self.stopped: str | None = None
+        self.abandoned = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sending: set[asyncio.Task[Any]] = set()
+
+    def stop(self, reason: str) -> None:
+        """Admit nothing more; let requests in flight finish for ``grace_s`` seconds, then cancel them."""
+        if self.stopped is not None or not self._tasks:
+            self.stopped = self.stopped or reason
+            return
+        self.stopped = reason
+        log.warning("stopping", reason=reason, in_flight=self.in_flight, grace_s=self.grace_s)
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current and task not in self._sending:
+                task.cancel()
+        asyncio.get_running_loop().call_later(self.grace_s, self.stop_now)
+
+    def stop_now(self) -> None:
+        """Cancel everything still running, requests in flight included (their rows stay pending)."""
+        late = [t for t in self._tasks if not t.done()]
+        if late:
+            log.warning("grace_over", cancelled_in_flight=len(late))
+        for task in late:
+            task.cancel()
 
     async def run(self, rows: AsyncIterable[Item], sink: Sink) -> Tally:
         """Process every row; return the totals. Raises ``JobAbortedError`` on a fatal answer."""
         n_workers = sum(lane.workers for lane in self.lanes)
         inbox: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=256)
-        outbox: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=256)
+        # Unbounded, so a finished row is never held up (each worker hands over one at a time).
+        outbox: asyncio.Queue[Outcome | None] = asyncio.Queue()
         started = time.monotonic()
 
         async def feed() -> None:
@@ -220,9 +257,14 @@ class Engine:
             return item
 
         async def work(lane: Lane) -> None:
-            while (outcome := await self._next(lane, next_item)) is not None:
-                await outbox.put(outcome)
-            await outbox.put(None)
+            try:
+                while self.stopped is None and (outcome := await self._next(lane, next_item)) is not None:
+                    outbox.put_nowait(outcome)
+            except asyncio.CancelledError:
+                if self.stopped is None:  # not ours: the task group is unwinding
+                    raise
+            finally:
+                outbox.put_nowait(None)
 
         async def drain() -> None:
             finished, last_report = 0, started
@@ -242,10 +284,13 @@ class Engine:
             async with asyncio.TaskGroup() as group:
                 for lane in self.lanes:
                     await lane.confirm_key()
-                group.create_task(feed())
+                self._tasks.append(group.create_task(feed()))
                 for lane in self.lanes:
                     for _ in range(lane.workers):
-                        group.create_task(work(lane))
+                        self._tasks.append(group.create_task(work(lane)))
+                if self.stopped is not None:  # stopped before the workers were there to stop
+                    reason, self.stopped = self.stopped, None
+                    self.stop(reason)
                 group.create_task(drain())
         except* JobAbortedError as aborted:
             raise aborted.exceptions[0] from None
@@ -272,19 +317,57 @@ class Engine:
                 if cost is None:
                     return outcome
                 assert isinstance(pulled, PromptRow)  # only rows that can be sent have a cost
-                lane.room.append(Waiting(pulled, outcome, cost, time.monotonic()))
+                max_tokens = pulled.params.max_tokens
+                worst = lane.price.cost(cost - max_tokens, max_tokens) if lane.price else 0.0
+                lane.room.append(Waiting(pulled, outcome, cost, worst, time.monotonic()))
             if not lane.room:
                 return None
             if not lane.key_confirmed:
                 await lane.probe_finished()
-            index, ticket = await lane.quota.admit_first_fit([w.cost for w in lane.room], lane.room[0].since)
-            waiting = lane.room.pop(index)
+            try:
+                candidates = await self._affordable(lane.room)
+            except BudgetExhaustedError as exc:
+                log.warning("budget_exhausted", reason=str(exc))
+                self.stop("budget")
+                return None
+            held = max(lane.room[i].worst_usd for i in candidates)
+            self.spend.reserve(held)
+            try:
+                index, ticket = await lane.quota.admit_first_fit([lane.room[i].cost for i in candidates],
+                                                                 lane.room[candidates[0]].since)
+            except BaseException:
+                self.spend.settle(held, 0.0)
+                raise
+            waiting = lane.room.pop(candidates[index])
+            self.spend.settle(held - waiting.worst_usd, 0.0)  # keep only the chosen row's worst case
+        actual = 0.0
+        try:
+            finished = await self._send(lane, waiting, ticket)
+            if finished is not None and lane.price is not None:
+                actual = lane.price.cost(finished.prompt_tokens, finished.completion_tokens)
+            return finished
+        finally:
+            self.spend.settle(waiting.worst_usd, actual)
+
+    async def _affordable(self, room: list[Waiting]) -> list[int]:
+        """The waiting rows the budget can take now, oldest first; waits while rows in flight settle."""
+        while True:
+            fitting = [i for i, w in enumerate(room) if self.spend.fits(w.worst_usd)]
+            if fitting:
+                return fitting
+            await self.spend.wait_for_room()
+
+    async def _send(self, lane: Lane, waiting: Waiting, ticket: Any) -> Outcome | None:
+        """Send an admitted row, retrying as the policy says; ``None`` if the run stopped before it finished."""
         item, outcome, cost = waiting.row, waiting.outcome, waiting.cost
+        me = asyncio.current_task()
+        assert me is not None
         while True:
             outcome.attempts += 1
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             sent = time.monotonic()
+            self._sending.add(me)
             try:
                 completion = await lane.call(item)
             except JobAbortedError:
@@ -297,11 +380,16 @@ class Engine:
                     pause = self.policy.pause(outcome.attempts, exc, self._rng.random())
                 if pause is None:
                     return _failed(outcome, exc)
+                if self.stopped is not None:  # no retries once stopping: the row stays pending
+                    self.abandoned += 1
+                    return None
+                self._sending.discard(me)
                 await asyncio.sleep(pause)
                 async with lane.head:
                     ticket = await lane.quota.admit(cost)
                 continue
             finally:
+                self._sending.discard(me)
                 self.in_flight -= 1
             lane.quota.observe(ticket, completion.remaining_requests, completion.remaining_tokens)
             outcome.latency_ms = round((time.monotonic() - sent) * 1000, 1)

@@ -5,8 +5,9 @@ of the shards still open — rows already paid for. The journal closes that gap:
 finished row's output columns (not its passed-through input columns, which the next run
 reads again from the input) are appended as one JSON line to
 ``_journal/<run>-<n>.jsonl`` in the output folder — an append blob in Azure, a file
-opened for appending on disk. Appends are group commits: while one batch is being
-written the next collects, so a busy job makes few calls and a quiet one waits for none.
+opened for appending on disk. On disk each row is written as it comes (one system
+call); in Blob appends are group commits: while one batch is being written the next
+collects, so a busy job makes few calls and a quiet one waits for none.
 
 A segment is deleted once every shard it holds rows of has been published as a part;
 when the job finishes, the journal is gone. A run that was stopped or killed leaves its
@@ -72,8 +73,17 @@ class Journal:
         if self._failure is not None:
             raise self._failure
         line = json.dumps({"seq": seq, **record}, separators=(",", ":"), default=str).encode() + b"\n"
-        self._pending.append((seq // self._shard_rows, line))
         self._added += 1
+        if self._storage.cheap_appends and not self._pending:
+            # On local disk a row is written as it comes: one write(2), durable against a kill at once.
+            try:
+                self._write([(seq // self._shard_rows, line)])
+            except BaseException as exc:
+                self._failure = exc
+                raise
+            self._durable += 1
+            return
+        self._pending.append((seq // self._shard_rows, line))
         self._wake.set()
 
     def published(self, shard: int) -> None:

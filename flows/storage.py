@@ -52,6 +52,9 @@ class StorageError(RuntimeError):
 class Storage(Protocol):
     """What the flows need of a place that holds files."""
 
+    #: An append costs a system call, not a round trip: callers may append row by row.
+    cheap_appends: bool
+
     def expand(self, pattern: str) -> list[str]:
         """The files a file, folder or glob names, sorted."""
         ...
@@ -107,6 +110,8 @@ def storage_for(location: str) -> Storage:
 
 class LocalStorage:
     """Files on local disk."""
+
+    cheap_appends = True
 
     def expand(self, pattern: str) -> list[str]:
         path = Path(pattern)
@@ -225,6 +230,8 @@ def _connection_account_url(env: dict[str, str]) -> str | None:
 
 class BlobStorage:
     """Blobs in one Azure Storage account, container by container."""
+
+    cheap_appends = False
 
     def __init__(self, service: BlobServiceClient, account_url: str):
         self._service = service

@@ -71,22 +71,44 @@ class Azurite:
                 f"BlobEndpoint={self.account_url};")
 
 
+def start_azurite(port: int, workdir: str, *, on_disk: bool = False) -> subprocess.Popen[bytes]:
+    """Azurite's blob service on 127.0.0.1:``port``; ``on_disk`` keeps blobs in ``workdir`` across restarts."""
+    storage = ["--location", workdir] if on_disk else ["--inMemoryPersistence"]
+    proc = subprocess.Popen(
+        [azurite_command(), "--blobHost", "127.0.0.1", "--blobPort", str(port), *storage,
+         "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
+    )
+    wait_for_port(port, 30, proc)
+    return proc
+
+
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="azurite-")
-    proc = subprocess.Popen(
-        [azurite_command(), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-         "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
-    )
+    proc = start_azurite(port, workdir)
     try:
-        wait_for_port(port, 30, proc)
         yield Azurite(port, proc)
     finally:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def azurite_on_disk(tmp_path: Path) -> Iterator[Azurite]:
+    """An Azurite of the test's own, keeping blobs on disk so it can be stopped and started again."""
+    workdir = tmp_path / "azurite"
+    workdir.mkdir()
+    port = free_port()
+    instance = Azurite(port, start_azurite(port, str(workdir), on_disk=True))
+    try:
+        yield instance
+    finally:
+        if instance.process.poll() is None:
+            instance.process.terminate()
+            instance.process.wait(10)
 
 
 @pytest.fixture
@@ -141,10 +163,49 @@ def simulator() -> Iterator[Callable[..., SimulatorProcess]]:
 
 
 @pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """One Prefect test server for the whole session (its start-up takes ~20 s here)."""
+def prefect_harness() -> Iterator[str]:
+    """One Prefect test server for the whole session (its start-up takes ~20 s here); yields its API URL."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield str(PREFECT_API_URL.value())
+
+
+@dataclass
+class CliRun:
+    """``promptbatch`` running in its own process (its own process group, so it can be killed whole)."""
+
+    process: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+
+    def wait(self, timeout: float = 300) -> int:
+        return self.process.wait(timeout)
+
+    def output(self) -> str:
+        return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
+
+
+@pytest.fixture
+def cli(prefect_harness: str, tmp_path: Path) -> Iterator[Callable[..., CliRun]]:
+    """Start ``promptbatch ARGS…`` as a subprocess against the session's Prefect server."""
+    runs: list[CliRun] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> CliRun:
+        n = len(runs)
+        out, err = tmp_path / f"cli-{n}.out", tmp_path / f"cli-{n}.err"
+        full_env = {**os.environ, "PREFECT_API_URL": prefect_harness, **(env or {})}
+        with out.open("wb") as o, err.open("wb") as e:
+            proc = subprocess.Popen([sys.executable, "-c", "from flows.cli import main; main()", *args],
+                                    stdout=o, stderr=e, env=full_env, cwd=ROOT, start_new_session=True)
+        run = CliRun(proc, out, err)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait(10)

@@ -58,6 +58,8 @@ class Simulator:
         self.billed_prompts: Counter[str] = Counter()
         self.first_admission: float | None = None
         self.last_admission: float | None = None
+        #: Admitted requests not answered yet.
+        self.generating = 0
 
     def app(self) -> web.Application:
         """The aiohttp application serving this deployment."""
@@ -85,6 +87,7 @@ class Simulator:
             "window_request_limit": self.window.request_limit,
             "window_token_limit": self.window.token_limit,
             "prompts_billed_more_than_once": sum(1 for n in self.billed_prompts.values() if n > 1),
+            "generating": self.generating,
             "first_admission": self.first_admission,
             "last_admission": self.last_admission,
         })
@@ -160,6 +163,14 @@ class Simulator:
         self.stats["admitted_tokens"] += prompt_tokens + max_tokens
         self.first_admission = self.first_admission or time.time()
         self.last_admission = time.time()
+        self.generating += 1
+        try:
+            return await self._answer(request, body, messages, max_tokens, prompt_tokens, limits)
+        finally:
+            self.generating -= 1
+
+    async def _answer(self, request: web.Request, body: dict[str, Any], messages: list[Any], max_tokens: int,
+                      prompt_tokens: int, limits: dict[str, str]) -> web.StreamResponse:
 
         if "[[filter]]" in json.dumps(messages):
             return self._filtered_400()
@@ -187,6 +198,9 @@ class Simulator:
                       "total_tokens": prompt_tokens + completion_tokens},
         }
         await asyncio.sleep(self.config.latency_s + self.config.per_token_s * completion_tokens)
+        if request.transport is None or request.transport.is_closing():
+            # The client went away mid-generation: the tokens are spent (and billed) all the same.
+            self.stats["undelivered"] += 1
         self.stats["billed_requests"] += 1
         self.stats["billed_prompt_tokens"] += prompt_tokens
         self.stats["billed_completion_tokens"] += completion_tokens

@@ -22,6 +22,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.inputs import input_format
+from flows.logs import guard_stdlib_logs
 from flows.manifest import OutputInUseError, build_manifest, claim_output, write_manifest
 from flows.parts import PartSummary
 from flows.pipeline import Execution, JobError, JobStoppedError, execute
@@ -103,6 +104,7 @@ async def run_batch(job: str | dict[str, Any], input: str | None = None, output:
     publishes what finished and raises ``JobStoppedError``.
     """
     started = time.monotonic()
+    guard_stdlib_logs()
     spec = load_spec(job, input=input, output=output, endpoint_url=endpoint_url)
     files = list_inputs(spec)
     progress = prepare_output(spec, files, retry_errors, overwrite)

@@ -40,6 +40,37 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mappi
     return {k: scrub(v) if isinstance(v, str) else v for k, v in event.items()}
 
 
+class ScrubFilter(logging.Filter):
+    """A ``logging`` filter that scrubs a record's message and traceback (Prefect's own logs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        return True
+
+
+def guard_stdlib_logs() -> None:
+    """Scrub every record that reaches a ``logging`` handler (Prefect's console and API handlers)."""
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict)
+                                       if name.startswith("prefect")]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, ScrubFilter) for f in handler.filters):
+                handler.addFilter(ScrubFilter())
+
+
+def secrets_of_connection_string(conn: str | None) -> None:
+    """Register the account key (and any SAS) a storage connection string carries."""
+    for part in (conn or "").split(";"):
+        name, _, value = part.partition("=")
+        if name.strip().lower() in ("accountkey", "sharedaccesssignature"):
+            register_secret(value.strip())
+
+
 def configure(json_lines: bool = False, level: int = logging.INFO) -> None:
     """Set up structlog for the CLI and flows: redacted, to stderr."""
     structlog.configure(

@@ -40,6 +40,8 @@ from urllib.parse import urlsplit
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
 
+from flows.logs import register_secret, secrets_of_connection_string
+
 _CHUNK = 4 * 1024 * 1024
 #: The largest block one append may carry (the service's limit for older API versions).
 MAX_APPEND = 4 * 1024 * 1024
@@ -243,6 +245,8 @@ class BlobStorage:
         """Connect to the account a location names, with the credential the environment gives."""
         loc = parse_blob_location(location)
         conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        register_secret(loc.sas)
+        secrets_of_connection_string(conn)
         options = _client_options()
         if loc.sas:
             service = BlobServiceClient(loc.account_url, credential=loc.sas, **options)

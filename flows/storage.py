@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
-from azure.core.exceptions import AzureError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceNotFoundError, ServiceRequestError, ServiceResponseError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
 
 from flows.logs import register_secret, secrets_of_connection_string
@@ -343,13 +343,16 @@ class BlobStorage:
 
 def _client_options() -> dict[str, Any]:
     """Retries and timeouts for every blob call (see the module docstring)."""
-    retries = int(os.environ.get("PROMPTBATCH_STORAGE_RETRIES", "6"))
     return {
-        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=retries,
+        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=_retries(),
                                          random_jitter_range=1),
         "connection_timeout": 20,
         "read_timeout": 120,
     }
+
+
+def _retries() -> int:
+    return int(os.environ.get("PROMPTBATCH_STORAGE_RETRIES", "6"))
 
 
 def _with_path(location: str, path: str) -> str:
@@ -372,6 +375,9 @@ def _translated(location: str) -> Iterator[None]:
         yield
     except ResourceNotFoundError as exc:
         raise StorageError(f"{redact_location(location)}: not found") from exc
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise StorageError(f"{redact_location(location)}: unreachable, gave up after {_retries()} retries "
+                           f"({type(exc).__name__}: {_first_line(exc)})") from exc
     except AzureError as exc:
         raise StorageError(f"{redact_location(location)}: {type(exc).__name__}: {_first_line(exc)}") from exc
 

@@ -292,8 +292,10 @@ class Engine:
                     reason, self.stopped = self.stopped, None
                     self.stop(reason)
                 group.create_task(drain())
-        except* JobAbortedError as aborted:
-            raise aborted.exceptions[0] from None
+        except BaseExceptionGroup as failed:
+            # One failure stopped the run (a rejected key first of all): raise it as itself.
+            first = next((e for e in failed.exceptions if isinstance(e, JobAbortedError)), failed.exceptions[0])
+            raise first from None
         self._report(time.monotonic() - started)
         return self.tally
 

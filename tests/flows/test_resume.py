@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -14,8 +15,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from azure.storage.blob import BlobServiceClient
 
-from tests.conftest import CliRun, SimulatorProcess
+from tests.conftest import Azurite, CliRun, SimulatorProcess, start_azurite
 
 pytestmark = [pytest.mark.integration]
 
@@ -44,7 +46,7 @@ def write_job(folder: Path, url: str, prompts: Path, **extra: Any) -> Path:
                      "requests_per_minute": extra.pop("rpm", 9_000), "tokens_per_minute": 50_000_000},
         "prompt": {"template": "Translate to Italian: {text}"},
         "params": {"max_tokens": 40},
-        "shard_rows": 250,
+        "shard_rows": extra.pop("shard_rows", 250),
         **extra,
     }
     path = folder / "job.yaml"
@@ -192,3 +194,40 @@ def test_a_changed_job_is_refused_unless_overwritten(tmp_path: Path, cli: Callab
     finish(cli("run", str(changed), "--overwrite", env=KEY_ENV))
     assert sim.stats()["billed_requests"] == 120
     assert len(output_rows(tmp_path)) == 60
+
+
+def test_storage_outage_fails_clearly_and_what_was_committed_resumes(
+        tmp_path: Path, cli: Callable[..., CliRun], simulator: Callable[..., SimulatorProcess],
+        azurite_on_disk: Azurite) -> None:
+    sim = simulator(*sim_args(rpm=6_000, latency=0.1))
+    service = BlobServiceClient.from_connection_string(azurite_on_disk.connection_string)
+    service.create_container("outage")
+    job = write_job(tmp_path, sim.url, write_prompts(tmp_path, 1500), rpm=6_000, shard_rows=100)
+    env = {**KEY_ENV, "AZURE_STORAGE_CONNECTION_STRING": azurite_on_disk.connection_string,
+           "PROMPTBATCH_STORAGE_RETRIES": "2"}
+    output = ["--output", "az://outage/out/"]
+
+    first = cli("run", str(job), *output, env=env)
+    wait_until(lambda: sim.stats().get("billed_requests", 0) >= 400 or first.process.poll() is not None,
+               240, "the job to get going")
+    azurite_on_disk.process.terminate()  # the storage account goes away mid-run
+    azurite_on_disk.process.wait(10)
+    assert first.wait(120) == 4, first.output()[-3000:]
+    failure = [line for line in first.output().splitlines() if line.startswith("promptbatch:")]
+    assert len(failure) == 1 and "storage: az://outage/out/" in failure[0] and "run the job again" in failure[0]
+    assert "unreachable, gave up after 2 retries" in failure[0]
+    assert sim.stats()["billed_requests"] < 1500
+
+    azurite_on_disk.process = start_azurite(azurite_on_disk.port, str(tmp_path / "azurite"), on_disk=True)
+    container = service.get_container_client("outage")
+    for blob in container.list_blobs(name_starts_with="out/part-"):  # what was committed is whole
+        assert len(pq.read_table(io.BytesIO(container.download_blob(blob.name).readall()))) == 100
+    finish(cli("run", str(job), *output, env=env))
+
+    tables = [pq.read_table(io.BytesIO(container.download_blob(b.name).readall()))
+              for b in container.list_blobs(name_starts_with="out/part-")]
+    ids = [r["id"] for r in pa.concat_tables(tables).to_pylist()]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(1500))
+    manifest = json.loads(container.download_blob("out/_manifest.json").readall())
+    assert manifest["status"] == "complete" and manifest["rows"]["ok"] == 1500
+    assert not list(container.list_blobs(name_starts_with="out/_journal/"))

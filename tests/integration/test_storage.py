@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -74,10 +75,13 @@ class TestBlobStorage:
         conn = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
                 "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;")
         monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", conn)
+        monkeypatch.setenv("PROMPTBATCH_STORAGE_RETRIES", "1")
         store = BlobStorage.for_location("az://c/x.jsonl")
-        store._service._config.retry_policy.total_retries = 0  # fail fast here; real runs keep the SDK's retries
-        with pytest.raises(StorageError, match=r"az://c/x.jsonl: ServiceRequestError"):
+        started = time.monotonic()
+        with pytest.raises(StorageError, match=r"az://c/x.jsonl: unreachable, gave up after 1 retries "
+                                               r"\(ServiceRequestError"):
             store.exists("az://c/x.jsonl")
+        assert time.monotonic() - started < 10  # one backoff of about a second, not the SDK's default minute
 
 
 @pytest.mark.parametrize(

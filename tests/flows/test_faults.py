@@ -17,7 +17,6 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
 from flows.batch import run_batch
-from flows.storage import storage_for
 from tests.conftest import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, CliRun, SimulatorProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]

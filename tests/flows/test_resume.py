@@ -115,7 +115,7 @@ def test_kill_9_then_rerun_finishes_without_paying_twice(tmp_path: Path, cli: Ca
     assert [r["k"] for r in rows] == list(range(2000))  # passed-through columns, in input order
     stats = sim.stats()
     twice = stats["prompts_billed_more_than_once"]
-    assert twice <= in_flight, f"seed {seed}: kill after {kill_after} billed; {twice} billed twice, {in_flight} in flight"
+    assert twice <= in_flight, f"seed {seed}: kill after {kill_after}; {twice} billed twice, {in_flight} in flight"
     assert stats["billed_requests"] == 2000 + twice
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["rows"]["ok"] == 2000

@@ -116,9 +116,10 @@ def run(job_file: str, input_: str | None, output: str | None, endpoint_url: str
 @click.option("--faults", default="", help="e.g. server_error=0.05,reset=0.02,hang=0.01,truncate=0.01,filter=0.01")
 @click.option("--hang", "hang_s", default=600.0, show_default=True, help="Seconds a hung request stays open.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--revoke-after", type=int, help="Refuse the key (401) after this many completion requests.")
 def simulate(host: str, port: int, model: str, api_key: str | None, tokens_per_minute: int,
              requests_per_minute: int, window_s: float, latency_s: float, per_token_s: float, logprobs: str,
-             faults: str, hang_s: float, seed: int) -> None:
+             faults: str, hang_s: float, seed: int, revoke_after: int | None) -> None:
     """Serve an Azure serverless Mistral lookalike on HOST:PORT until interrupted."""
     from workers.simulator import SimConfig, parse_faults, serve
 
@@ -126,7 +127,7 @@ def simulate(host: str, port: int, model: str, api_key: str | None, tokens_per_m
         config = SimConfig(model=model, api_key=api_key, tokens_per_minute=tokens_per_minute,
                            requests_per_minute=requests_per_minute, window_s=window_s, latency_s=latency_s,
                            per_token_s=per_token_s, logprobs=logprobs,  # type: ignore[arg-type]
-                           faults=parse_faults(faults), hang_s=hang_s, seed=seed)
+                           faults=parse_faults(faults), hang_s=hang_s, seed=seed, revoke_after=revoke_after)
     except (ValueError, KeyError) as exc:
         _fail(2, str(exc))
 

@@ -102,3 +102,21 @@ class TestEngine:
         assert stats.get("requests", 0) == 0  # before any completion was sent
         await engine.lanes[0].client.aclose()
 
+
+    async def test_a_key_revoked_mid_job_stops_it_within_what_was_in_flight(
+            self, simulator: Callable[..., SimulatorProcess]) -> None:
+        sim = simulator(*UNLIMITED, "--model", "mistral-nemo", "--latency", "0.02", "--per-token", "0",
+                        "--revoke-after", "100")
+        engine = engine_for(sim.url, workers=8)
+        seen: list[Outcome] = []
+
+        async def sink(o: Outcome) -> None:
+            seen.append(o)
+
+        with pytest.raises(AuthRejectedError):
+            await engine.run(rows(10_000, Params(max_tokens=10)), sink)
+        stats = sim.stats()
+        assert 1 <= stats["unauthorized"] <= 8  # the refusals of requests already in flight, no more
+        assert stats["requests"] <= 100 + 8
+        assert len(seen) <= 100
+        await engine.lanes[0].client.aclose()

@@ -224,7 +224,9 @@ class Simulator:
     def _authorize(self, request: web.Request) -> web.StreamResponse | None:
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
-        if scheme.lower() == "bearer" and key and (self.config.api_key is None or key == self.config.api_key):
+        revoked = self.config.revoke_after is not None and self.stats["requests"] > self.config.revoke_after
+        if scheme.lower() == "bearer" and key and (self.config.api_key is None or key == self.config.api_key) \
+                and not revoked:
             return None
         self.stats["unauthorized"] += 1
         return self._error(401, {"error": {"code": "Unauthorized", "message": "Access denied due to invalid "

@@ -30,6 +30,8 @@ class SimConfig:
     hang_s: float = 600.0
     default_max_tokens: int = 8192
     seed: int = 0
+    #: Accept the key for this many completion requests, then refuse it (a key revoked mid-job).
+    revoke_after: int | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULT_KINDS)

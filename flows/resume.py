@@ -77,9 +77,10 @@ def read_progress(storage: Storage, output: str, shard_rows: int, manifest: dict
             shards.add(seq // shard_rows)
             journaled[seq] = record  # a later line for the same row wins
 
+    journaled_shards = {seq // shard_rows for seq in journaled}
     for shard, summary in sorted(published.items()):
         has_errors = summary.by_status.get("error", 0) > 0
-        newer = has_errors and any(s // shard_rows == shard for s in journaled)
+        newer = has_errors and shard in journaled_shards
         if not (has_errors and (retry_errors or newer)):
             progress.kept[shard] = summary
             continue

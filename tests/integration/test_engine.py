@@ -36,6 +36,16 @@ def engine_for(url: str, key: str = "k", *, workers: int = 16, attempts: int = 6
     return Engine([lane], RetryPolicy(max_attempts=attempts, base_s=0.01, cap_s=0.05), rng=random.Random(1))
 
 
+async def run_collecting(engine: Engine, n: int, seen: list[Outcome] | None = None) -> None:
+    """Run ``n`` short rows through ``engine``, keeping the outcomes in ``seen``."""
+    kept = [] if seen is None else seen
+
+    async def sink(o: Outcome) -> None:
+        kept.append(o)
+
+    await engine.run(rows(n, Params(max_tokens=10)), sink)
+
+
 class TestEngine:
     """Every row ends as exactly one outcome."""
 
@@ -90,13 +100,8 @@ class TestEngine:
     async def test_wrong_key_stops_at_once(self, simulator: Callable[..., SimulatorProcess]) -> None:
         sim = simulator("--api-key", "the-right-one", "--latency", "0")
         engine = engine_for(sim.url, key="a-wrong-one", workers=4)
-        seen: list[Outcome] = []
-
-        async def sink(o: Outcome) -> None:
-            seen.append(o)
-
         with pytest.raises(AuthRejectedError):
-            await engine.run(rows(10_000, Params(max_tokens=10)), sink)
+            await run_collecting(engine, 10_000)
         stats = sim.stats()
         assert stats["unauthorized"] == 1  # GET /info said no: the job stops
         assert stats.get("requests", 0) == 0  # before any completion was sent
@@ -109,12 +114,8 @@ class TestEngine:
                         "--revoke-after", "100")
         engine = engine_for(sim.url, workers=8)
         seen: list[Outcome] = []
-
-        async def sink(o: Outcome) -> None:
-            seen.append(o)
-
         with pytest.raises(AuthRejectedError):
-            await engine.run(rows(10_000, Params(max_tokens=10)), sink)
+            await run_collecting(engine, 10_000, seen)
         stats = sim.stats()
         assert 1 <= stats["unauthorized"] <= 8  # the refusals of requests already in flight, no more
         assert stats["requests"] <= 100 + 8

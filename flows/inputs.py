@@ -52,7 +52,7 @@ def iter_records(storage: Storage, location: str, batch_rows: int = 1024) -> Ite
                     number += 1
                     yield f"{name} row {number}", record
         return
-    for number, line in enumerate(_lines(storage.iter_bytes(location)), start=1):
+    for number, line in enumerate(split_lines(storage.iter_bytes(location)), start=1):
         where = f"{name} line {number}"
         if not line.strip():
             continue
@@ -67,7 +67,8 @@ def iter_records(storage: Storage, location: str, batch_rows: int = 1024) -> Ite
         yield where, record
 
 
-def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Lines (without their newline) from chunks of bytes that may cut lines anywhere."""
     tail = b""
     for chunk in chunks:
         lines = (tail + chunk).split(b"\n")

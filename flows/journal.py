@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from flows.inputs import split_lines
 from flows.storage import MAX_APPEND, Storage
 
 log = structlog.get_logger(__name__)
@@ -179,18 +180,18 @@ def journal_segments(storage: Storage, output: str) -> list[str]:
 def read_journal(storage: Storage, output: str, name: str) -> Iterator[dict[str, Any]]:
     """The rows of one segment; a torn last line (a crash mid-write) is skipped."""
     location = storage.join(output, f"{FOLDER}/{name}")
-    tail = b""
-    for chunk in storage.iter_bytes(location):
-        lines = (tail + chunk).split(b"\n")
-        tail = lines.pop()
-        for line in lines:
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    log.warning("journal_line_skipped", segment=name, reason="not valid JSON")
-    if tail.strip():
+    previous: bytes | None = None  # held back one line: only the last may be torn
+    for line in split_lines(storage.iter_bytes(location)):
+        if not line.strip():
+            continue
+        if previous is not None:
+            try:
+                yield json.loads(previous)
+            except ValueError:
+                log.warning("journal_line_skipped", segment=name, reason="not valid JSON")
+        previous = line
+    if previous is not None:
         try:
-            yield json.loads(tail)
+            yield json.loads(previous)
         except ValueError:
             pass  # a write cut short by a crash: that row was never committed

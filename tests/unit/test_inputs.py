@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from flows.inputs import _lines, input_format
+from flows.inputs import input_format, split_lines
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
 def test_lines_survive_any_chunking(size: int) -> None:
     data = b'{"a": 1}\n{"b": "two"}\n\n{"c": [3]}'
     chunks = (data[i:i + size] for i in range(0, len(data), size))
-    assert list(_lines(chunks)) == [b'{"a": 1}', b'{"b": "two"}', b"", b'{"c": [3]}']
+    assert list(split_lines(chunks)) == [b'{"a": 1}', b'{"b": "two"}', b"", b'{"c": [3]}']
 
 
 @pytest.mark.parametrize(

@@ -141,7 +141,7 @@ class Simulator:
             return self._error(422, {"object": "error", "message": "max_tokens must be a positive integer",
                                      "type": "invalid_request_error", "code": None})
         try:
-            prompt_tokens = self.counter.prompt_tokens(messages)
+            prompt_tokens = self.counter.reference_prompt_tokens(messages)
         except TokenizeError as exc:
             return self._error(400, {"object": "error", "message": str(exc), "type": "invalid_request_error", "code": None})
         if prompt_tokens + max_tokens > self.counter.model.context_tokens:

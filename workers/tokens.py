@@ -70,7 +70,7 @@ class TokenCounter:
         self._tokenizer = tokenizer(self.model.tokenizer)
         self._raw = self._tokenizer.instruct_tokenizer.tokenizer
         self._v1 = self.model.tokenizer == "v1"
-        native: Any = getattr(self._raw, "_model")  # tiktoken Encoding or SentencePieceProcessor
+        native: Any = self._raw._model  # type: ignore[attr-defined]  # tiktoken Encoding or SentencePieceProcessor
         if self.model.tokenizer == "tekken":
             # No special tokens inside the tiktoken encoding: `encode_ordinary` is `encode` minus its checks.
             encode = native.encode_ordinary if not native.special_tokens_set else native.encode

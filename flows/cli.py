@@ -10,6 +10,7 @@ Failures print one line on stderr that says what to change.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -100,6 +101,44 @@ def run(job_file: str, input_: str | None, output: str | None, endpoint_url: str
     result = _run_job(lambda: run_batch(job_file, input=input_, output=output, endpoint_url=endpoint_url,
                                         retry_errors=retry_errors, overwrite=overwrite))
     _print_summary(result)
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--input", "input_", help="Override the job's `input`.")
+@click.option("--endpoint-url", help="Override the endpoint's `url` (jobs with one endpoint; used by --sample).")
+@click.option("--sample", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Send this many rows, drawn at random, for real (billed) to calibrate completion tokens.")
+@click.option("--completion-ratio", type=click.FloatRange(min=0),
+              help="Expected completion tokens per prompt token (capped at max_tokens), instead of --sample.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the sample's random draw.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead of a table.")
+def estimate(job_file: str, input_: str | None, endpoint_url: str | None, sample: int,
+             completion_ratio: float | None, seed: int, as_json: bool) -> None:
+    """Estimate JOB_FILE: exact prompt tokens, cost low/expected/high and duration, nothing sent.
+
+    Only --sample N sends requests: N rows, billed like any other, said before they go.
+    """
+    from flows.batch import JobError, load_spec
+    from flows.estimate import estimate_job, render_table
+    from schemas import JobFileError
+
+    if sample and completion_ratio is not None:
+        _fail(2, "give --sample or --completion-ratio, not both")
+    try:
+        spec = load_spec(job_file, input=input_, endpoint_url=endpoint_url)
+    except (JobFileError, JobError) as exc:
+        _fail(2, str(exc))
+    if sample:
+        where = ", ".join(e.url for e in spec.all_endpoints)
+        click.echo(f"promptbatch: --sample {sample} sends {sample} real requests to {where}; they are billed "
+                   "(the most they can cost is logged before they go)", err=True)
+    report = _run_job(lambda: estimate_job(job_file, input=input_, endpoint_url=endpoint_url, sample=sample,
+                                           completion_ratio=completion_ratio, seed=seed))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        render_table(report)
 
 
 @main.command()

@@ -8,29 +8,56 @@
 The pool runs inside one async task on the flow's event loop: its limiters belong to
 that loop. Deployment keys are read from the environment inside the task, never
 passed as parameters, and registered for redaction before anything logs.
+
+Scale-out (``workers`` = n > 1): the job's shards are dealt into n slices (shard i to
+slice i mod n). The flow works slice 0 itself and starts n-1 runs of the
+``promptbatch-shard`` deployment (``run_shard``) for the others; whichever Prefect
+workers pick them up, every slice draws on the same deployment quotas through the
+Prefect server's global concurrency limits (``flows.shared_quota``). Each leaves a note
+of what it did in ``_shards/`` of the output folder; the flow then sums the parts.
+
+Every run leaves a progress artifact (``promptbatch-progress``, updated as rows
+finish) and, at the end, a markdown summary (``promptbatch-summary``) on its flow run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import structlog
 from prefect import flow, task
+from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.inputs import input_format
+from flows.inputs import count_rows, input_format
 from flows.logs import guard_stdlib_logs
-from flows.manifest import OutputInUseError, build_manifest, claim_output, write_manifest
+from flows.manifest import (
+    JOURNAL_FOLDER,
+    SHARD_NOTES,
+    OutputInUseError,
+    build_manifest,
+    claim_output,
+    read_manifest,
+    write_manifest,
+)
 from flows.parts import PartSummary
-from flows.pipeline import Execution, JobError, JobStoppedError, execute
+from flows.pipeline import BAD_INPUT_LISTED, Execution, JobError, JobStoppedError, Listener, execute
+from flows.progress import PROGRESS_KEY, SUMMARY_KEY, ArtifactProgress, summary_markdown
+from flows.progress import listeners as progress_listeners
 from flows.resume import Progress, read_progress
-from flows.storage import redact_location, storage_for
+from flows.storage import Storage, redact_location, storage_for
 from schemas import JobSpec, job_from_dict, parse_job
 
 log = structlog.get_logger(__name__)
+
+#: The deployment ``run_batch`` starts a scaled-out job's slices on (``prefect.yaml``).
+SHARD_DEPLOYMENT = "promptbatch-shard/shard"
 
 
 def load_spec(job: str | dict[str, Any], *, input: str | None = None, output: str | None = None,
@@ -83,7 +110,89 @@ async def process_rows(spec: JobSpec, files: list[str], progress: Progress) -> E
                                   wall_time_s=time.monotonic() - started)
         await asyncio.to_thread(write_manifest, out, spec.output, manifest)
 
-    return await execute(spec, files, progress=progress, checkpoint=checkpoint)
+    rows_total = await asyncio.to_thread(count_rows, storage_for(spec.input), files)
+    watchers: list[Listener] = [ArtifactProgress(rows_before=progress.rows), *progress_listeners]
+    return await execute(spec, files, progress=progress, checkpoint=checkpoint, listeners=watchers,
+                         rows_total=rows_total)
+
+
+@flow(name="promptbatch-shard")
+async def run_shard(job: str | dict[str, Any], index: int, count: int, input: str | None = None,
+                    output: str | None = None, endpoint_url: str | None = None,
+                    retry_errors: bool = False) -> dict[str, Any]:
+    """One slice of a scaled-out job: the shards numbered ``index`` modulo ``count``.
+
+    Started by ``run_batch`` (``workers`` > 1) on whichever Prefect worker is free; sends
+    within the deployments' shared quotas and writes a note of what it did into the
+    output folder (``_shards/``) for ``run_batch`` to read.
+    """
+    guard_stdlib_logs()
+    spec = load_spec(job, input=input, output=output, endpoint_url=endpoint_url)
+    files = list_inputs(spec)
+    out = storage_for(spec.output)
+    previous = read_manifest(out, spec.output)
+    if previous is None or previous.get("job_hash") != spec.job_hash():
+        raise JobError(f"{redact_location(spec.output)}: not prepared for this job (run it through run_batch)")
+    progress = read_progress(out, spec.output, previous.get("shard_rows", spec.shard_rows), previous,
+                             retry_errors=retry_errors)
+    return await process_slice(spec, files, progress, index, count)
+
+
+@task(name="process-slice", cache_policy=NO_CACHE)
+async def process_slice(spec: JobSpec, files: list[str], progress: Progress, index: int,
+                        count: int) -> dict[str, Any]:
+    """``process_rows`` for one slice, its quota leased from the Prefect server; returns its note."""
+    from prefect.client.orchestration import get_client
+
+    from flows.shared_quota import Leaser, shared_limits
+
+    worker = os.environ.get("PREFECT__WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+    log.info("slice_started", index=index, count=count, worker=worker)
+    async with get_client() as client:
+        leasers = [Leaser(client, shared_limits(e)) for e in spec.all_endpoints]
+        execution = await execute(spec, files, progress=progress, part=(index, count),
+                                  credits=[leaser.credit() for leaser in leasers],
+                                  listeners=[ArtifactProgress(key=f"{PROGRESS_KEY}-{index}-of-{count}")])
+    note = {
+        "index": index, "count": count, "worker": worker, "input_rows": execution.reading.rows,
+        "shards": sorted(p.shard for p in execution.parts if p.shard % count == index),
+        "rows_sent": execution.tally.rows, "stopped": execution.stopped,
+        "bad_input": execution.bad_input, "bad_input_rows": execution.bad_input_rows,
+        "empty_inputs": execution.reading.empty_files, "lease_refusals": sum(x.refused for x in leasers),
+    }
+    out = storage_for(spec.output)
+    await asyncio.to_thread(out.write_bytes, out.join(spec.output, f"{SHARD_NOTES}/{index}-of-{count}.json"),
+                            json.dumps(note).encode())
+    log.info("slice_finished", **{k: note[k] for k in ("index", "worker", "rows_sent", "stopped")})
+    return note
+
+
+async def _scale_out(spec: JobSpec, files: list[str], progress: Progress, workers: int, shard_deployment: str, *,
+                     retry_errors: bool) -> list[dict[str, Any]]:
+    """Slice 0 here, slices 1…n-1 as flow runs of ``shard_deployment``; every slice's note.
+
+    This run works a slice itself rather than wait idle: on a pool of n workers of one
+    flow run each, the n slices then take one worker each.
+    """
+    from prefect.deployments import arun_deployment
+
+    from flows.shared_quota import ensure_shared_limits
+
+    await ensure_shared_limits(spec.all_endpoints)
+    job = spec.model_dump(mode="json", exclude_none=True)
+    children = asyncio.gather(*(
+        arun_deployment(shard_deployment, parameters={"job": job, "index": i, "count": workers,
+                                                      "retry_errors": retry_errors},
+                        timeout=None, poll_interval=2, as_subflow=True)
+        for i in range(1, workers)))
+    own, runs = await asyncio.gather(process_slice(spec, files, progress, 0, workers), children)
+    failed = [r for r in runs if r.state is None or not r.state.is_completed()]
+    if failed:
+        names = ", ".join(f"{r.name} ({r.state.name if r.state else 'unknown'})" for r in failed)
+        raise JobError(f"shard runs did not complete: {names}; what they finished is kept: run the job again")
+    out = storage_for(spec.output)
+    return [own] + [json.loads(out.read_bytes(out.join(spec.output, f"{SHARD_NOTES}/{i}-of-{workers}.json")))
+                    for i in range(1, workers)]
 
 
 @task(name="publish-manifest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -95,35 +204,69 @@ def publish_manifest(spec: JobSpec, manifest: dict[str, Any]) -> str:
 @flow(name="promptbatch-run")
 async def run_batch(job: str | dict[str, Any], input: str | None = None, output: str | None = None,
                     endpoint_url: str | None = None, retry_errors: bool = False,
-                    overwrite: bool = False) -> dict[str, Any]:
+                    overwrite: bool = False, workers: int = 1,
+                    shard_deployment: str = SHARD_DEPLOYMENT) -> dict[str, Any]:
     """Run a job: every input row ends as one output row with a status; returns the manifest's totals.
 
     Re-running with the same output finishes what an earlier run left undone;
     ``retry_errors`` also sends again the rows that ended in ``error``; ``overwrite``
     discards an earlier job's results. A run stopped by a signal or by the budget
-    publishes what finished and raises ``JobStoppedError``.
+    publishes what finished and raises ``JobStoppedError``. ``workers`` > 1 spreads the
+    job's shards over that many runs of ``shard_deployment`` (see the module docstring).
     """
     started = time.monotonic()
     guard_stdlib_logs()
+    if workers < 1:
+        raise JobError("workers must be 1 or more")
     spec = load_spec(job, input=input, output=output, endpoint_url=endpoint_url)
     files = list_inputs(spec)
     progress = prepare_output(spec, files, retry_errors, overwrite)
     log.info("job_started", inputs=len(files), output=redact_location(spec.output), job_hash=spec.job_hash(),
-             endpoints=[e.url for e in spec.all_endpoints], rows_already_done=progress.rows)
-    execution = await process_rows(spec, files, progress)
-    status = "stopped" if execution.stopped else "complete"
-    manifest = build_manifest(spec, files, execution.parts, status=status, shard_rows=progress.shard_rows,
-                              wall_time_s=time.monotonic() - started, total_rows=execution.reading.rows,
-                              stopped=execution.stopped, bad_input=execution.bad_input,
-                              bad_input_rows=execution.bad_input_rows)
-    if execution.reading.empty_files:
-        manifest["empty_inputs"] = execution.reading.empty_files
-        log.warning("empty_inputs", files=execution.reading.empty_files)
+             endpoints=[e.url for e in spec.all_endpoints], rows_already_done=progress.rows, workers=workers)
+    out = storage_for(spec.output)
+    by_worker: dict[str, list[int]] = {}
+    if workers == 1:
+        execution = await process_rows(spec, files, progress)
+        parts, stopped, total_rows = execution.parts, execution.stopped, execution.reading.rows
+        bad_input, bad_input_rows = execution.bad_input, execution.bad_input_rows
+        empty_inputs = execution.reading.empty_files
+    else:
+        notes = await _scale_out(spec, files, progress, workers, shard_deployment, retry_errors=retry_errors)
+        previous = read_manifest(out, spec.output)
+        after = read_progress(out, spec.output, progress.shard_rows, previous, retry_errors=False)
+        parts = sorted(after.kept.values(), key=lambda p: p.shard)
+        stopped = next((n["stopped"] for n in notes if n["stopped"]), None)
+        total_rows = notes[0]["input_rows"]
+        bad_input = [line for n in notes for line in n["bad_input"]][:BAD_INPUT_LISTED]
+        bad_input_rows = sum(n["bad_input_rows"] for n in notes)
+        empty_inputs = notes[0]["empty_inputs"]
+        for n in notes:
+            by_worker.setdefault(n["worker"], []).extend(n["shards"])
+        if stopped is None:
+            await asyncio.to_thread(_clear_scratch, out, spec.output)
+    status = "stopped" if stopped else "complete"
+    manifest = build_manifest(spec, files, parts, status=status, shard_rows=progress.shard_rows,
+                              wall_time_s=time.monotonic() - started, total_rows=total_rows,
+                              stopped=stopped, bad_input=bad_input, bad_input_rows=bad_input_rows)
+    if empty_inputs:
+        manifest["empty_inputs"] = empty_inputs
+        log.warning("empty_inputs", files=empty_inputs)
+    if by_worker:
+        manifest["workers"] = {name: sorted(shards) for name, shards in sorted(by_worker.items())}
     location = publish_manifest(spec, manifest)
+    await acreate_markdown_artifact(markdown=summary_markdown(manifest), key=SUMMARY_KEY,
+                                    description="promptbatch run: outcomes and cost")
     summary = {"output": redact_location(spec.output), "manifest": redact_location(location),
                **{k: v for k, v in manifest.items() if k != "parts"}}
-    if execution.stopped:
-        raise JobStoppedError(execution.stopped, summary)
+    if stopped:
+        raise JobStoppedError(stopped, summary)
     log.info("job_finished", manifest=redact_location(location), rows=manifest["rows"],
              cost_usd=manifest["cost_usd"]["total"])
     return summary
+
+
+def _clear_scratch(out: Storage, output: str) -> None:
+    """After a complete scaled-out run: the slices' notes and any journal segment left behind."""
+    for name in out.list_names(output):
+        if name.startswith((SHARD_NOTES + "/", JOURNAL_FOLDER + "/")):
+            out.delete(out.join(output, name))

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flows.storage import Storage, redact_location
+from flows.storage import LocalStorage, Storage, redact_location
 from schemas import BadRowError, JobSpec, PromptRow, build_row
 
 Item = PromptRow | BadRowError
@@ -65,6 +65,26 @@ def iter_records(storage: Storage, location: str, batch_rows: int = 1024) -> Ite
             yield where, BadRowError(where, "", f"expected a JSON object, got {type(record).__name__}")
             continue
         yield where, record
+
+
+def count_rows(storage: Storage, files: list[str]) -> int | None:
+    """How many rows the files hold, when that is cheap to know (local files); else ``None``.
+
+    Counts what ``iter_records`` yields: non-blank JSONL lines, Parquet rows from the
+    footer, one row for a Parquet file that cannot be read.
+    """
+    if not isinstance(storage, LocalStorage):
+        return None
+    total = 0
+    for location in files:
+        if input_format(location) == "parquet":
+            try:
+                total += pq.ParquetFile(location).metadata.num_rows
+            except (pa.ArrowException, OSError):
+                total += 1
+            continue
+        total += sum(1 for line in split_lines(storage.iter_bytes(location)) if line.strip())
+    return total
 
 
 def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:

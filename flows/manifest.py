@@ -21,6 +21,8 @@ from flows.storage import Storage, redact_location
 from schemas import PRICES_AS_OF, STATUSES, JobSpec
 
 MANIFEST = "_manifest.json"
+#: Where the slices of a scaled-out run leave their notes, in the output folder.
+SHARD_NOTES = "_shards"
 
 
 class OutputInUseError(ValueError):
@@ -81,7 +83,8 @@ def read_manifest(storage: Storage, folder: str) -> dict[str, Any] | None:
 
 def ours(name: str) -> bool:
     """Whether a file in an output folder is one promptbatch writes."""
-    return name == MANIFEST or part_shard(name) is not None or name.startswith(JOURNAL_FOLDER + "/")
+    return (name == MANIFEST or part_shard(name) is not None
+            or name.startswith((JOURNAL_FOLDER + "/", SHARD_NOTES + "/")))
 
 
 def claim_output(storage: Storage, spec: JobSpec, inputs: list[str], *, overwrite: bool) -> dict[str, Any] | None:

@@ -15,7 +15,8 @@ import asyncio
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +31,36 @@ from flows.storage import storage_for
 from schemas import OUTPUT_SCHEMA, BadRowError, EndpointSpec, JobSpec, Price, PromptRow
 from workers import EndpointClient, Engine, Lane, Outcome, Quota, RetryPolicy, Spend, Tally, TokenCounter
 from workers.pool import DEFAULT_LOOKAHEAD
+from workers.quota import Credit
 
 log = structlog.get_logger(__name__)
 
 #: Bad rows named one by one in the manifest and the summary; the rest are counted.
 BAD_INPUT_LISTED = 20
 Checkpoint = Callable[[list[PartSummary]], Awaitable[None]]
+#: Every ``PROGRESS_EVERY_S`` seconds while rows are sent, each listener gets a ``Snapshot``.
+PROGRESS_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """How far a run has got: for progress bars and progress artifacts."""
+
+    rows_done: int
+    rows_total: int | None
+    tokens_per_minute: float
+    quota_tokens_per_minute: int
+    cost_usd: float
+    elapsed_s: float
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.rows_total:
+            return None
+        return min(1.0, self.rows_done / self.rows_total)
+
+
+Listener = Callable[[Snapshot], Awaitable[None]]
 
 
 class JobError(RuntimeError):
@@ -95,25 +120,41 @@ def api_key(env_name: str) -> str:
     return key
 
 
-def lane_for(endpoint: EndpointSpec, key: str, price: Price | None = None) -> Lane:
-    """A deployment's client, quota and tokenizer, built on the running event loop."""
-    quota = Quota(endpoint.requests_per_minute, endpoint.tokens_per_minute, window_s=endpoint.quota_window_s)
+def lane_for(endpoint: EndpointSpec, key: str, price: Price | None = None, credit: Credit | None = None) -> Lane:
+    """A deployment's client, quota and tokenizer, built on the running event loop.
+
+    ``credit``: the deployment's quota is shared with other processes (a scaled-out job).
+    """
+    quota = Quota(endpoint.requests_per_minute, endpoint.tokens_per_minute, window_s=endpoint.quota_window_s,
+                  credit=credit)
     return Lane(EndpointClient(endpoint, key), quota, TokenCounter(endpoint.model), endpoint.max_concurrency,
                 price=price)
 
 
 async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_LOOKAHEAD,
                   progress: Progress | None = None, checkpoint: Checkpoint | None = None,
-                  handle_signals: bool = True) -> Execution:
+                  handle_signals: bool = True, part: tuple[int, int] | None = None,
+                  credits: Sequence[Credit] | None = None, listeners: Sequence[Listener] = (),
+                  rows_total: int | None = None) -> Execution:
     """Send every row of ``files`` not yet done through the job's deployments; publish parts.
 
     Returns when every row is done, or when the run was stopped (a signal, the budget):
     then ``Execution.stopped`` says why and the journal holds what finished.
+
+    ``part=(i, n)``: only the shards numbered i modulo n (one of n processes sharing the
+    job; ``credits``, one per endpoint, share the deployments' quotas between them, and
+    the budget left is split n ways). ``listeners`` get a ``Snapshot`` every few seconds;
+    ``rows_total`` is the input's length when known beforehand.
     """
     progress = progress or Progress(spec.shard_rows)
     keys = [api_key(e.api_key_env) for e in spec.all_endpoints]
-    lanes = [lane_for(e, key, spec.price(e.model)) for e, key in zip(spec.all_endpoints, keys, strict=True)]
-    spend = Spend(spec.budget_usd, progress.spent_usd)
+    shared = list(credits) if credits is not None else [None] * len(spec.all_endpoints)
+    lanes = [lane_for(e, key, spec.price(e.model), credit)
+             for e, key, credit in zip(spec.all_endpoints, keys, shared, strict=True)]
+    limit = spec.budget_usd
+    if limit is not None and part is not None:
+        limit = progress.spent_usd + max(0.0, limit - progress.spent_usd) / part[1]
+    spend = Spend(limit, progress.spent_usd)
     engine = Engine(lanes, RetryPolicy(max_attempts=spec.max_attempts), lookahead=lookahead, spend=spend,
                     grace_s=spec.stop_grace_s)
     out = storage_for(spec.output)
@@ -150,9 +191,17 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
                 record = {**record, **item.passthrough}
             writer.add(item.seq, record)
 
-    batches = iter_items(spec, storage_for(spec.input), files, skip=progress.done_shard, reading=execution.reading)
+    skip = progress.done_shard
+    if part is not None:
+        index, count = part
+        shard_rows = progress.shard_rows
+        skip = lambda seq: (seq // shard_rows) % count != index or progress.done_shard(seq)  # noqa: E731
+    batches = iter_items(spec, storage_for(spec.input), files, skip=skip, reading=execution.reading)
     journal.start()
     restore = _on_signals(engine) if handle_signals else None
+    started = time.monotonic()
+    reporter = (asyncio.create_task(_report(execution, spend, spec, lanes, listeners, rows_total, started))
+                if listeners else None)
     try:
         await engine.run(remaining(stream(batches)), sink)
         finished = engine.stopped is None
@@ -163,16 +212,53 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
                              return_exceptions=True)
         raise
     finally:
+        if reporter is not None:
+            reporter.cancel()
         if restore is not None:
             restore()
         for lane in lanes:
             await lane.client.aclose()
-    await journal.close(finished=finished)
+            if lane.quota.credit is not None:
+                await lane.quota.credit.aclose()
+    # One of several processes leaves earlier runs' segments to the job's last step: they may
+    # hold rows of other processes' shards.
+    await journal.close(finished=finished and part is None)
+    if listeners:
+        await _tell(listeners, _snapshot(execution, spend, spec, rows_total, time.monotonic() - started, 0.0))
     execution.parts = sorted(parts.values(), key=lambda p: p.shard)
     if engine.stopped is not None:
         log.warning("stopped", reason=engine.stopped, rows_done=execution.done_rows,
                     input_rows=execution.reading.rows, abandoned_in_flight=engine.abandoned)
     return execution
+
+
+def _snapshot(execution: Execution, spend: Spend, spec: JobSpec, rows_total: int | None, elapsed: float,
+              tokens_per_minute: float) -> Snapshot:
+    total = execution.reading.rows if execution.reading.rows is not None else rows_total
+    return Snapshot(execution.done_rows, total, tokens_per_minute,
+                    sum(e.tokens_per_minute for e in spec.all_endpoints), spend.spent_usd, elapsed)
+
+
+async def _tell(listeners: Sequence[Listener], snapshot: Snapshot) -> None:
+    for listener in listeners:
+        try:
+            await listener(snapshot)
+        except Exception as exc:  # a progress display must never stop the job
+            log.warning("progress_listener_failed", error=repr(exc))
+
+
+async def _report(execution: Execution, spend: Spend, spec: JobSpec, lanes: list[Lane],
+                  listeners: Sequence[Listener], rows_total: int | None, started: float) -> None:
+    """Tell the listeners how far the run has got, every ``PROGRESS_EVERY_S`` seconds."""
+    last = time.monotonic()
+    admitted = sum(lane.quota.ledger.total_tokens for lane in lanes)
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY_S)
+        now = time.monotonic()
+        total = sum(lane.quota.ledger.total_tokens for lane in lanes)
+        rate = (total - admitted) * 60 / (now - last)
+        admitted, last = total, now
+        await _tell(listeners, _snapshot(execution, spend, spec, rows_total, now - started, rate))
 
 
 def _on_signals(engine: Engine) -> Callable[[], None] | None:

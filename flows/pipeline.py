@@ -99,6 +99,17 @@ class Execution:
     resumed_rows: int = 0
     bad_input: list[str] = field(default_factory=list)
     bad_input_rows: int = 0
+    #: ``(i, n)`` when this run does one slice of the job's shards (rows counted are its own).
+    part: tuple[int, int] | None = None
+    shard_rows: int = 0
+
+    def rows_in_part(self, total: int | None) -> int | None:
+        """Rows of the input this run is to do: all of them, or its slice's shards'."""
+        if total is None or self.part is None:
+            return total
+        index, count = self.part
+        shards = -(-total // self.shard_rows)
+        return sum(min(self.shard_rows, total - s * self.shard_rows) for s in range(index, shards, count))
 
     @property
     def stopped(self) -> str | None:
@@ -169,7 +180,13 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
             await checkpoint(list(parts.values()))
 
     writer = PartWriter(out, spec.output, progress.shard_rows, on_published=published)
-    execution = Execution([], engine.tally, engine, Reading(), resumed_rows=progress.rows)
+    resumed = progress.rows
+    if part is not None:
+        index, count = part
+        resumed = (sum(p.rows for shard, p in progress.kept.items() if shard % count == index)
+                   + sum(1 for seq in progress.finished if (seq // progress.shard_rows) % count == index))
+    execution = Execution([], engine.tally, engine, Reading(), resumed_rows=resumed, part=part,
+                          shard_rows=progress.shard_rows)
 
     async def sink(outcome: Outcome) -> None:
         record = outcome.record(spec.price(outcome.model) if outcome.model else None)
@@ -234,7 +251,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
 
 def _snapshot(execution: Execution, spend: Spend, spec: JobSpec, rows_total: int | None, elapsed: float,
               tokens_per_minute: float) -> Snapshot:
-    total = execution.reading.rows if execution.reading.rows is not None else rows_total
+    total = execution.rows_in_part(execution.reading.rows if execution.reading.rows is not None else rows_total)
     return Snapshot(execution.done_rows, total, tokens_per_minute,
                     sum(e.tokens_per_minute for e in spec.all_endpoints), spend.spent_usd, elapsed)
 

@@ -10,11 +10,12 @@ Failures print one line on stderr that says what to change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -85,8 +86,10 @@ def main(json_logs: bool) -> None:
 @click.option("--endpoint-url", help="Override the endpoint's `url` (jobs with one endpoint).")
 @click.option("--retry-errors", is_flag=True, help="Also send again the rows an earlier run ended in `error`.")
 @click.option("--overwrite", is_flag=True, help="Discard another job's results in the output folder.")
+@click.option("--progress/--no-progress", "show_progress", default=None,
+              help="Show a progress bar on stderr (default: when stderr is a terminal).")
 def run(job_file: str, input_: str | None, output: str | None, endpoint_url: str | None, retry_errors: bool,
-        overwrite: bool) -> None:
+        overwrite: bool, show_progress: bool | None) -> None:
     """Run JOB_FILE: every input row ends as one output row with a status.
 
     Running it again with the same output finishes what an earlier run left undone.
@@ -98,9 +101,28 @@ def run(job_file: str, input_: str | None, output: str | None, endpoint_url: str
         load_spec(job_file, input=input_, output=output, endpoint_url=endpoint_url)
     except (JobFileError, JobError) as exc:
         _fail(2, str(exc))
-    result = _run_job(lambda: run_batch(job_file, input=input_, output=output, endpoint_url=endpoint_url,
-                                        retry_errors=retry_errors, overwrite=overwrite))
+    with _progress_bar(show_progress):
+        result = _run_job(lambda: run_batch(job_file, input=input_, output=output, endpoint_url=endpoint_url,
+                                            retry_errors=retry_errors, overwrite=overwrite))
     _print_summary(result)
+
+
+@contextlib.contextmanager
+def _progress_bar(show: bool | None) -> Iterator[None]:
+    """A progress bar on stderr while the flow runs (rows, tokens/min against the quota, cost, ETA)."""
+    if show is None:
+        show = sys.stderr.isatty()
+    if not show:
+        yield
+        return
+    from flows.progress import TerminalBar, listeners
+
+    with TerminalBar() as bar:
+        listeners.append(bar.update)
+        try:
+            yield
+        finally:
+            listeners.remove(bar.update)
 
 
 @main.command()

@@ -241,7 +241,9 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     # hold rows of other processes' shards.
     await journal.close(finished=finished and part is None)
     if listeners:
-        await _tell(listeners, _snapshot(execution, spend, spec, rows_total, time.monotonic() - started, 0.0))
+        elapsed = time.monotonic() - started
+        average = sum(lane.quota.ledger.total_tokens for lane in lanes) * 60 / elapsed if elapsed > 0 else 0.0
+        await _tell(listeners, _snapshot(execution, spend, spec, rows_total, elapsed, average))
     execution.parts = sorted(parts.values(), key=lambda p: p.shard)
     if engine.stopped is not None:
         log.warning("stopped", reason=engine.stopped, rows_done=execution.done_rows,

@@ -87,8 +87,11 @@ class TerminalBar:
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
         self.rows_before = rows_before
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            console.width = 160
         self._progress = Progress(TextColumn("[bold]promptbatch"), BarColumn(), TaskProgressColumn(),
-                                  TextColumn("{task.description}"), console=Console(stderr=True),
+                                  TextColumn("{task.description}"), console=console,
                                   transient=False, refresh_per_second=4)
         self._task = self._progress.add_task("starting", total=None)
 

@@ -18,6 +18,7 @@ COPY --chown=promptbatch prefect.yaml /opt/promptbatch/prefect.yaml
 COPY --chown=promptbatch jobs /opt/promptbatch/jobs
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    PROMPTBATCH_HOME=/opt/promptbatch \
     DO_NOT_TRACK=1 \
     PREFECT_SERVER_ANALYTICS_ENABLED=false
 USER promptbatch

@@ -17,6 +17,10 @@ class BudgetExhaustedError(Exception):
     """The next row could cost more than the budget has left."""
 
 
+#: Less than this is rounding left over from adding and taking back float costs, not a reservation.
+_RESIDUE_USD = 1e-9
+
+
 class Spend:
     """Money spent and reserved against an optional limit, in USD."""
 
@@ -40,7 +44,7 @@ class Spend:
 
     async def wait_for_room(self) -> None:
         """Wait for a reservation to settle; ``BudgetExhaustedError`` if none is outstanding."""
-        if self.reserved_usd <= 0:
+        if self.reserved_usd <= _RESIDUE_USD:
             raise BudgetExhaustedError(
                 f"budget_usd {self.limit_usd:g} reached: ${self.spent_usd:.4f} spent, and the next row could cost more "
                 "than the rest")
@@ -53,6 +57,8 @@ class Spend:
 
     def settle(self, reserved_usd: float, actual_usd: float) -> None:
         """A row finished: release its reservation and count what it really cost."""
-        self.reserved_usd = max(0.0, self.reserved_usd - reserved_usd)
+        left = self.reserved_usd - reserved_usd
+        # Sums of float costs leave residues (0.1 + 0.2 - 0.1 - 0.2 > 0): nothing is held then.
+        self.reserved_usd = left if left > _RESIDUE_USD else 0.0
         self.spent_usd += actual_usd
         self._settled.set()

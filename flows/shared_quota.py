@@ -41,7 +41,6 @@ SHARE = 0.93
 #: Credit is leased in chunks of this fraction of one window's quota.
 CHUNK = 1 / 32
 REQUEST_UNITS = 100
-SPREAD = 1.0
 #: A lease the server has not answered in this long is stuck behind a lock: it is asked again.
 STALLED_S = 0.3
 
@@ -123,7 +122,7 @@ class Leaser:
                 # refused: spread them over a third of a chunk (the room keeps decaying meanwhile).
                 spread = self.limits.token_capacity / 6 if name == self.limits.tokens_name else \
                     self.limits.request_capacity / 6
-                await asyncio.sleep((short + random.uniform(0, spread) * SPREAD) / limit.slot_decay_per_second)
+                await asyncio.sleep((short + random.uniform(0, spread)) / limit.slot_decay_per_second)
                 continue
             try:
                 async with self.writes:

@@ -28,7 +28,7 @@ from pathlib import Path
 from flows.estimate import count_prompts
 from flows.logs import configure
 from schemas import job_from_dict, model_info
-from workers.tokens import TokenCounter
+from workers.tokens import TokenCounter, words
 
 WORDS = (
     "council budget debate rain weekend flooding museum renovation galleries researchers walks sleep quality "
@@ -40,23 +40,48 @@ WORDS = (
 GLUE = "the a of to in and on for with after before during about against between across over under".split()
 
 
-def sentence(rng: random.Random) -> str:
-    words = [rng.choice(WORDS if i % 2 else GLUE) for i in range(rng.randint(8, 18))]
+def vocabulary(size: int, seed: int = 7) -> tuple[list[str], list[float]]:
+    """The words above and made-up ones to ``size`` words, with Zipf cumulative weights (rank⁻¹).
+
+    Real prompt sets have vocabularies of hundreds of thousands of words with a long
+    tail: the made-up words keep the token counter's word cache from looking better
+    than it would on real text.
+    """
+    rng = random.Random(seed)
+    syllables = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"] + ["qu", "th", "sch", "ng", "é", "ü", "ñ"]
+    made_up = {"".join(rng.choices(syllables, k=rng.randint(1, 5))) for _ in range(size * 2)}
+    words = list(dict.fromkeys([*WORDS, *sorted(made_up)]))[:size]
+    rng.shuffle(words)
+    cumulative, total = [], 0.0
+    for rank in range(1, len(words) + 1):
+        total += 1 / rank
+        cumulative.append(total)
+    return words, cumulative
+
+
+def sentence(rng: random.Random, vocab: tuple[list[str], list[float]]) -> str:
+    words = rng.choices(vocab[0], cum_weights=vocab[1], k=rng.randint(8, 18))
+    for i in range(0, len(words), 2):
+        words[i] = rng.choice(GLUE)
     if rng.random() < 0.3:
         words.insert(rng.randrange(len(words)), f"{rng.randint(2, 99_999):,}")
     if rng.random() < 0.2:
         words.insert(rng.randrange(len(words)), rng.choice(["Città", "naïve", "über", "—", "€", "(2026)"]))
+    if rng.random() < 0.3:
+        i = rng.randrange(len(words))
+        words[i] = words[i].capitalize() + rng.choice([",", "", "'s", ":"])
     text = " ".join(words)
     return text[0].upper() + text[1:] + rng.choice([".", ".", ".", "?", "!"])
 
 
-def write_prompts(path: Path, rows: int, target_tokens: int, seed: int = 0) -> None:
+def write_prompts(path: Path, rows: int, target_tokens: int, seed: int = 0, vocabulary_size: int = 200_000) -> None:
     """News-style paragraphs of about ``target_tokens`` tokens, varying ±50%."""
     rng = random.Random(seed)
+    vocab = vocabulary(vocabulary_size)
     with path.open("w") as f:
         for i in range(rows):
-            sentences = max(1, round(rng.uniform(0.5, 1.5) * target_tokens / 17))
-            text = " ".join(sentence(rng) for _ in range(sentences))
+            sentences = max(1, round(rng.uniform(0.5, 1.5) * target_tokens / 31))
+            text = " ".join(sentence(rng, vocab) for _ in range(sentences))
             f.write(json.dumps({"id": f"row-{i}", "text": text, "section": "news"}, ensure_ascii=False) + "\n")
 
 
@@ -98,6 +123,7 @@ def main() -> None:
                 [{"role": "system", "content": spec.prompt.system or ""},
                  {"role": "user", "content": f"Translate to Italian: {r['text']}"}]) for r in rows)
             reference_rate = len(rows) / (time.perf_counter() - started)
+            cache = words(model_info(model).tokenizer)
             exact = reference == fast_head.counts[name].prompt_tokens
             failed |= not exact
             average = counts.prompt_tokens / max(1, counts.rows)
@@ -105,7 +131,8 @@ def main() -> None:
                   f"({counting.total_rows:,} rows, {average:.0f} prompt tokens on average, "
                   f"{counting.seconds:.2f} s); encode_chat_completion {reference_rate:,.0f} rows/s; "
                   f"first {len(rows):,} rows {'equal' if exact else 'DIFFER'}: "
-                  f"{fast_head.counts[name].prompt_tokens:,} vs reference {reference:,}")
+                  f"{fast_head.counts[name].prompt_tokens:,} vs reference {reference:,}; word cache "
+                  f"{cache.size():,} words, {cache.misses():,} misses, {cache.whole:,} texts encoded whole")
     sys.exit(1 if failed else 0)
 
 

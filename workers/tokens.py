@@ -20,14 +20,14 @@ Two ways to the same number:
   the reference's counts (``tests/unit/test_tokens.py`` checks them against each
   other on all four tokenizers, odd whitespace and special-token look-alikes
   included). Every other shape goes to the reference path, errors and all.
-  Batches are encoded by the native tokenizer directly: Tekken with tiktoken's
-  ``encode_ordinary``, SentencePiece in C++ threads, one per core.
+  The strings are counted word by word through a per-process cache of each word's
+  tokens (``workers.wordcache``, which says why that is exact and encodes whole
+  any text where it would not be).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +41,7 @@ from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
 from schemas import TokenizerName, model_info
+from workers.wordcache import SentencePieceWords, TekkenWords
 
 _MESSAGE_TYPES = {
     "system": SystemMessage,
@@ -55,6 +56,16 @@ class TokenizeError(ValueError):
 
 
 @functools.cache
+def words(name: TokenizerName) -> SentencePieceWords | TekkenWords:
+    """Word-cached token counts of raw texts with that tokenizer, one cache per process."""
+    native: Any = tokenizer(name).instruct_tokenizer.tokenizer._model  # type: ignore[attr-defined]
+    if name == "tekken":
+        # No special tokens inside the tiktoken encoding: `encode_ordinary` is `encode` minus its checks.
+        return TekkenWords(native.encode_ordinary if not native.special_tokens_set else native.encode)
+    return SentencePieceWords(native.encode, [native.id_to_piece(i) for i in range(native.get_piece_size())])
+
+
+@functools.cache
 def tokenizer(name: TokenizerName) -> MistralTokenizer:
     """The mistral-common tokenizer of that version, loaded once per process."""
     if name == "tekken":
@@ -65,21 +76,16 @@ def tokenizer(name: TokenizerName) -> MistralTokenizer:
 class TokenCounter:
     """Counts what one model will bill for a conversation and for a completion text."""
 
-    def __init__(self, model: str, threads: int | None = None):
+    def __init__(self, model: str):
         self.model = model_info(model)
         self._tokenizer = tokenizer(self.model.tokenizer)
         self._raw = self._tokenizer.instruct_tokenizer.tokenizer
         self._v1 = self.model.tokenizer == "v1"
-        native: Any = self._raw._model  # type: ignore[attr-defined]  # tiktoken Encoding or SentencePieceProcessor
-        if self.model.tokenizer == "tekken":
-            # No special tokens inside the tiktoken encoding: `encode_ordinary` is `encode` minus its checks.
-            encode = native.encode_ordinary if not native.special_tokens_set else native.encode
-            self._lengths = lambda texts: [len(encode(t)) for t in texts]
-        else:
-            workers = threads or os.cpu_count() or 1
-            self._lengths = lambda texts: [
-                len(ids) for ids in native.encode(texts, num_threads=min(workers, len(texts)))
-            ]
+        self._words = words(self.model.tokenizer)
+
+    def _lengths(self, texts: Sequence[str]) -> list[int]:
+        length = self._words.length
+        return [length(text) for text in texts]
 
     def reference_prompt_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         """Tokens of the encoded chat request as mistral-common builds it: any conversation, slowly."""

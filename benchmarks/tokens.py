@@ -10,7 +10,7 @@ template, as a translation job has), then for each tokenizer:
 
 Examples:
 
-    python -m benchmarks.tokens                        # 50,000 rows, Tekken (Nemo) and SentencePiece v3 (Large 2407)
+    python -m benchmarks.tokens                        # 200,000 rows, Tekken (Nemo) and SentencePiece v3 (Large 2407)
     python -m benchmarks.tokens --rows 200000 --models mistral-large-2402
 """
 
@@ -64,7 +64,7 @@ def sentence(rng: random.Random, vocab: tuple[list[str], list[float]]) -> str:
     for i in range(0, len(words), 2):
         words[i] = rng.choice(GLUE)
     if rng.random() < 0.3:
-        words.insert(rng.randrange(len(words)), f"{rng.randint(2, 99_999):,}")
+        words.insert(rng.randrange(len(words)), f"{int(10 ** rng.uniform(0.3, 6)):,}")  # small numbers are common
     if rng.random() < 0.2:
         words.insert(rng.randrange(len(words)), rng.choice(["Città", "naïve", "über", "—", "€", "(2026)"]))
     if rng.random() < 0.3:
@@ -87,9 +87,11 @@ def write_prompts(path: Path, rows: int, target_tokens: int, seed: int = 0, voca
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--tokens", type=int, default=300, help="Average prompt length to aim for.")
     parser.add_argument("--models", default="mistral-nemo-2407,mistral-large-2407")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="Counting processes beside this one (default: one per core but one; 0: none).")
     parser.add_argument("--reference-rows", type=int, default=2_000, help="Rows timed and checked the reference way.")
     args = parser.parse_args()
     configure()
@@ -108,7 +110,7 @@ def main() -> None:
             })
             name = model_info(model).name
             TokenCounter(model).prompt_tokens([{"role": "user", "content": "warm up"}])  # load the tokenizer
-            counting = count_prompts.fn(spec, [str(prompts)])
+            counting = count_prompts.fn(spec, [str(prompts)], processes=args.processes)
             counts = counting.counts[name]
 
             head = Path(tmp) / "head.jsonl"
@@ -131,7 +133,7 @@ def main() -> None:
                   f"({counting.total_rows:,} rows, {average:.0f} prompt tokens on average, "
                   f"{counting.seconds:.2f} s); encode_chat_completion {reference_rate:,.0f} rows/s; "
                   f"first {len(rows):,} rows {'equal' if exact else 'DIFFER'}: "
-                  f"{fast_head.counts[name].prompt_tokens:,} vs reference {reference:,}; word cache "
+                  f"{fast_head.counts[name].prompt_tokens:,} vs reference {reference:,}; this process's word cache "
                   f"{cache.size():,} words, {cache.misses():,} misses, {cache.whole:,} texts encoded whole")
     sys.exit(1 if failed else 0)
 

@@ -12,7 +12,7 @@ does not grow with the prompt set. Without ``sample`` no request is sent.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from flows.pipeline import api_key, lane_for
 from flows.storage import redact_location, storage_for
 from schemas import PRICES_AS_OF, BadRowError, JobSpec, PromptRow, model_info
 from workers import Engine, Outcome, RetryPolicy, TokenCounter, TokenizeError
+from workers.counting import CountingPool
 from workers.estimate import Counts, Deployment, Listed, Reservoir, build_estimate, fit_completions
 
 log = structlog.get_logger(__name__)
@@ -58,46 +59,54 @@ def _models(spec: JobSpec) -> list[str]:
 
 @task(name="count-prompts", cache_policy=NO_CACHE)
 def count_prompts(spec: JobSpec, files: list[str], sample: int = 0, seed: int = 0,
-                  completion_ratio: float | None = None, progress_every_s: float = 10.0) -> Counting:
+                  completion_ratio: float | None = None, progress_every_s: float = 10.0,
+                  processes: int | None = None) -> Counting:
     """Count every row's prompt tokens exactly, with the tokenizer of each of the job's models.
 
-    Also keeps a uniform sample of ``sample`` rows that will be sent (they fit the first
+    Batches are counted here and by ``processes`` worker processes (default: one per
+    core but one; see ``workers.counting``), so every core counts. Also
+    keeps a uniform sample of ``sample`` rows that will be sent (they fit the first
     model's context and template), for ``sample_completions``.
     """
-    counters = {name: TokenCounter(name) for name in _models(spec)}
-    counts = {name: Counts(name, model_info(name).context_tokens, completion_ratio) for name in counters}
+    models = _models(spec)
+    counts = {name: Counts(name, model_info(name).context_tokens, completion_ratio) for name in models}
     bad_input = Listed()
     reservoir: Reservoir[PromptRow] = Reservoir(sample, seed)
     reading = Reading()
     started = last = time.monotonic()
-    for batch in iter_items(spec, storage_for(spec.input), files, batch=2048, reading=reading):
-        rows: list[PromptRow] = []
-        for item in batch:
-            if isinstance(item, BadRowError):
-                bad_input.add(str(item))
-            else:
-                rows.append(item)
-        conversations = [row.messages for row in rows]
-        sendable = [True] * len(rows)
-        for first, (name, counter) in enumerate(counters.items()):
-            tally = counts[name]
-            for i, (row, result) in enumerate(zip(rows, counter.count_many(conversations), strict=True)):
-                if isinstance(result, TokenizeError):
-                    tally.refuse(row.where, str(result))
-                    fits = False
+
+    def built() -> Iterator[tuple[list[PromptRow], list[tuple[dict[str, str], ...]]]]:
+        for batch in iter_items(spec, storage_for(spec.input), files, batch=2048, reading=reading):
+            rows: list[PromptRow] = []
+            for item in batch:
+                if isinstance(item, BadRowError):
+                    bad_input.add(str(item))
                 else:
-                    fits = tally.add(row.where, result, row.params.max_tokens)
-                if first == 0:
-                    sendable[i] = fits
-        if sample:
-            for row, fits in zip(rows, sendable, strict=True):
-                if fits:
-                    reservoir.offer(row)
-        now = time.monotonic()
-        if now - last >= progress_every_s:
-            last = now
-            done = batch[-1].seq + 1
-            log.info("counting", rows=done, rows_per_s=round(done / (now - started)))
+                    rows.append(item)
+            yield rows, [row.messages for row in rows]
+
+    with CountingPool(models, processes) as pool:
+        for rows, results in pool.map(built()):
+            sendable = [True] * len(rows)
+            for first, name in enumerate(models):
+                tally = counts[name]
+                for i, (row, result) in enumerate(zip(rows, results[name], strict=True)):
+                    if isinstance(result, TokenizeError):
+                        tally.refuse(row.where, str(result))
+                        fits = False
+                    else:
+                        fits = tally.add(row.where, result, row.params.max_tokens)
+                    if first == 0:
+                        sendable[i] = fits
+            if sample:
+                for row, fits in zip(rows, sendable, strict=True):
+                    if fits:
+                        reservoir.offer(row)
+            now = time.monotonic()
+            if now - last >= progress_every_s and rows:
+                last = now
+                done = rows[-1].seq + 1
+                log.info("counting", rows=done, rows_per_s=round(done / (now - started)))
     seconds = time.monotonic() - started
     total = reading.rows or 0
     log.info("counted", rows=total, seconds=round(seconds, 2), rows_per_s=round(total / seconds) if seconds else None)

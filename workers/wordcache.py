@@ -29,8 +29,7 @@ Python's ``\\s`` (``str.isspace``) covers every character of Unicode's
 ``White_Space``, which the pattern's ``\\s`` means, so the check errs only towards
 encoding whole.
 
-Each cache holds at most ``limit`` words; past that, new words are counted
-without being kept (the frequent ones are in by then).
+Each cache holds at most twice ``limit`` words (two generations, see ``_Lengths``).
 """
 
 from __future__ import annotations
@@ -39,27 +38,40 @@ import re
 from collections.abc import Callable
 from itertools import islice
 
-#: Words kept per cache (~100 bytes each).
+#: Words per generation of a cache (~100 bytes each; two generations).
 DEFAULT_LIMIT = 1 << 18
 
 _SPACE_AFTER_BLANK = re.compile(r"\s ")
 
 
 class _Lengths(dict[str, int]):
-    """word → token count, filled on first sight."""
+    """word → token count, filled on first sight.
+
+    Two generations keep it bounded and keep what is in use: when this one holds
+    ``limit`` words it becomes the old one and a new one starts; a word found only
+    in the old one is moved back in, so frequent words stay and rare ones age out.
+    """
 
     def __init__(self, count: Callable[[str], int], limit: int):
         super().__init__()
         self._count = count
         self._limit = limit
+        self._old: dict[str, int] = {}
         self.misses = 0
 
     def __missing__(self, word: str) -> int:
-        self.misses += 1
-        length = self._count(word)
-        if len(self) < self._limit:
-            self[word] = length
+        length = self._old.get(word)
+        if length is None:
+            self.misses += 1
+            length = self._count(word)
+        if len(self) >= self._limit:
+            self._old = dict(self)
+            self.clear()
+        self[word] = length
         return length
+
+    def size(self) -> int:
+        return len(self) + len(self._old)
 
 
 class SentencePieceWords:
@@ -75,7 +87,7 @@ class SentencePieceWords:
 
     def size(self) -> int:
         """Words cached."""
-        return len(self._words)
+        return self._words.size()
 
     def misses(self) -> int:
         """Words encoded (not found in the cache)."""
@@ -98,22 +110,22 @@ class TekkenWords:
 
     def __init__(self, encode: Callable[[str], list[int]], limit: int = DEFAULT_LIMIT):
         self._encode = encode
-        self._first = _Lengths(lambda word: len(encode(word)), limit)
         self._spaced = _Lengths(lambda word: len(encode(" " + word)), limit)
         #: Texts encoded whole (they could not be split).
         self.whole = 0
 
     def size(self) -> int:
         """Words cached."""
-        return len(self._first) + len(self._spaced)
+        return self._spaced.size()
 
     def misses(self) -> int:
         """Words encoded (not found in the cache)."""
-        return self._first.misses + self._spaced.misses
+        return self._spaced.misses
 
     def length(self, text: str) -> int:
         if _SPACE_AFTER_BLANK.search(text):
             self.whole += 1
             return len(self._encode(text))
         words = text.split(" ")
-        return self._first[words[0]] + sum(map(self._spaced.__getitem__, islice(words, 1, None)))
+        # The first word has no space before it: encoded as it is, one per text, not cached.
+        return len(self._encode(words[0])) + sum(map(self._spaced.__getitem__, islice(words, 1, None)))

@@ -31,7 +31,8 @@ class TestWordCounts:
     def test_equal_to_whole_encoding(self, name: str) -> None:
         rng = random.Random(name)
         texts = ["".join(rng.choices(SOUP, k=rng.randint(0, 30))) for _ in range(5_000)]
-        texts += [" ".join(rng.choices(["council", "budget", "Rain", "42,000", "naïve", "—"], k=40)) for _ in range(200)]
+        plain = ["council", "budget", "Rain", "42,000", "naïve", "—"]
+        texts += [" ".join(rng.choices(plain, k=40)) for _ in range(200)]
         counts = words(name)  # type: ignore[arg-type]
         wrong = [t for t in texts if counts.length(t) != _whole(name, t)]
         assert not wrong, wrong[:5]
@@ -46,7 +47,7 @@ class TestWordCounts:
                                                         for i in range(native.get_piece_size())])  # type: ignore[attr-defined]
             assert counts.splittable  # these vocabularies never merge across a word's start
         counts.length("council the budget the")
-        assert counts.whole == 0 and counts.misses() == 3  # the second "the" came from the cache
+        assert counts.whole == 0 and counts.misses() == (2 if name == "tekken" else 3)  # the second "the" was cached
         counts.length("the  council")
         assert counts.whole == 1
 
@@ -65,7 +66,10 @@ class TestSplittingRules:
         assert not counts.splittable
         assert counts.length("a b") == 3 and encoded == ["a b"]
 
-    def test_the_cache_stops_growing_at_its_limit_and_still_counts(self) -> None:
+    def test_the_cache_stays_bounded_and_keeps_the_words_in_use(self) -> None:
         counts = SentencePieceWords(lambda text: [0] * len(text), ["▁a"], limit=2)
-        assert counts.length("aa bbb cccc aa") == 2 + 3 + 4 + 2
-        assert counts.size() == 2 and counts.misses() == 3
+        assert counts.length("aa bbb aa cccc") == 2 + 3 + 2 + 4
+        assert counts.misses() == 3 and counts.size() <= 4
+        assert counts.length("aa dd ee ff gg") == 10  # "aa" came back from the old generation, not counted again
+        assert counts.misses() == 7 and counts.size() <= 4
+        assert counts.length("ff gg") == 4 and counts.misses() == 7

@@ -107,12 +107,10 @@ class _Worker:
         return answer
 
     def stop(self) -> None:
-        self._outbox.put(None)  # end of input: the worker exits when it has read it
-        try:
-            self.process.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        """End the process at once: every answer wanted has been read (or is no longer wanted)."""
+        self._outbox.put(None)
+        self.process.kill()
+        self.process.wait()
 
 
 class CountingPool:

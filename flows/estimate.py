@@ -127,7 +127,7 @@ class Sampled:
 @task(name="sample-completions", cache_policy=NO_CACHE)
 async def sample_completions(spec: JobSpec, rows: list[PromptRow]) -> Sampled:
     """Send ``rows`` for real (paid) through the job's deployments and collect their usage."""
-    keys = [api_key(e.api_key_env) for e in spec.all_endpoints]
+    keys = [await api_key(e) for e in spec.all_endpoints]
     lanes = [lane_for(e, key, spec.price(e.model)) for e, key in zip(spec.all_endpoints, keys, strict=True)]
     engine = Engine(lanes, RetryPolicy(max_attempts=spec.max_attempts), grace_s=spec.stop_grace_s)
     outcomes: list[Outcome] = []

@@ -122,11 +122,24 @@ class Execution:
         return self.resumed_rows + self.tally.rows
 
 
-def api_key(env_name: str) -> str:
-    """A deployment's key from the environment, registered for redaction."""
-    key = os.environ.get(env_name, "").strip()
+async def api_key(endpoint: EndpointSpec) -> str:
+    """A deployment's key, read now — from its Prefect Secret block or its environment variable —
+    and registered for redaction before anything can log it."""
+    if endpoint.api_key_secret:
+        from prefect.blocks.system import Secret
+
+        try:
+            block: Any = await Secret.aload(endpoint.api_key_secret)
+        except ValueError as exc:  # Prefect's word for a block that does not exist
+            raise JobError(f"Prefect Secret block {endpoint.api_key_secret!r} not found: it must hold the "
+                           "deployment's key") from exc
+        key = str(block.get()).strip()
+        where = f"Prefect Secret block {endpoint.api_key_secret!r}"
+    else:
+        key = os.environ.get(endpoint.api_key_env, "").strip()
+        where = f"environment variable {endpoint.api_key_env}"
     if not key:
-        raise JobError(f"environment variable {env_name} is not set: it must hold the deployment's key")
+        raise JobError(f"{where} is not set: it must hold the deployment's key")
     register_secret(key)
     return key
 
@@ -158,7 +171,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     ``rows_total`` is the input's length when known beforehand.
     """
     progress = progress or Progress(spec.shard_rows)
-    keys = [api_key(e.api_key_env) for e in spec.all_endpoints]
+    keys = [await api_key(e) for e in spec.all_endpoints]
     shared = list(credits) if credits is not None else [None] * len(spec.all_endpoints)
     lanes = [lane_for(e, key, spec.price(e.model), credit)
              for e, key, credit in zip(spec.all_endpoints, keys, shared, strict=True)]

@@ -36,6 +36,8 @@ class EndpointSpec(_Frozen):
     api: Literal["mistral", "azure-inference"] = "mistral"
     model: str
     api_key_env: str = "AZURE_MISTRAL_KEY"
+    #: A Prefect Secret block holding the key, read at run time; when set, ``api_key_env`` is not used.
+    api_key_secret: str | None = Field(None, min_length=1)
     tokens_per_minute: int = Field(200_000, gt=0)
     requests_per_minute: int = Field(1_000, gt=0)
     api_version: str = AZURE_INFERENCE_API_VERSION

@@ -65,6 +65,7 @@ class _Lengths(dict[str, int]):
             self.misses += 1
             length = self._count(word)
         if len(self) >= self._limit:
+            self._old = {}  # the oldest generation goes before this one is copied: two at most
             self._old = dict(self)
             self.clear()
         self[word] = length

@@ -136,6 +136,27 @@ def test_rejected_key_fails_the_flow(tmp_path: Path, simulator: Callable[..., Si
     assert sim.stats()["unauthorized"] == 1  # the first answer stops the job
 
 
+def test_key_from_a_prefect_secret_block(tmp_path: Path, simulator: Callable[..., SimulatorProcess],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.blocks.system import Secret
+
+    from flows.pipeline import JobError
+
+    monkeypatch.delenv("TEST_SIM_KEY", raising=False)
+    sim = simulator("--api-key", "sk-from-a-block-42", "--latency", "0")
+    Secret(value="sk-from-a-block-42").save("promptbatch-test-key", overwrite=True)
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps({"text": f"t{i}"}) for i in range(20)))
+    spec = {**job(sim.url, "unused", "mistral", False), "input": str(tmp_path / "p.jsonl"),
+            "output": str(tmp_path / "out")}
+    spec["endpoint"] = {**spec["endpoint"], "api_key_secret": "promptbatch-test-key"}
+    summary = asyncio.run(run_batch(spec))
+    assert summary["rows"]["ok"] == 20 and sim.stats().get("unauthorized", 0) == 0
+
+    spec["endpoint"]["api_key_secret"] = "no-such-block"
+    with pytest.raises(JobError, match="Prefect Secret block 'no-such-block' not found"):
+        asyncio.run(run_batch({**spec, "output": str(tmp_path / "out2")}))
+
+
 def test_demo_command(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path / "demo"), "--rows", "40"])
     assert result.exit_code == 0, result.output

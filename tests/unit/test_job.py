@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from schemas import JobFileError, Price, parse_job
@@ -20,6 +22,18 @@ params: {max_tokens: 256, temperature: 0.2}
 
 class TestParseJob:
     """parse_job turns YAML into a JobSpec or one error naming each bad key."""
+
+    @pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+    def test_the_deployments_job_files_are_valid(self, path: Path) -> None:
+        spec = parse_job(path.read_text(), source=str(path))
+        assert spec.all_endpoints and spec.prompt.template
+
+    def test_a_key_from_a_secret_block(self) -> None:
+        spec = parse_job(BASE.replace("  model: mistral-large-2407", "  model: mistral-large-2407\n"
+                                                                     "  api_key_secret: mistral-large-key"))
+        assert spec.all_endpoints[0].api_key_secret == "mistral-large-key"
+        with pytest.raises(JobFileError, match="endpoint.api_key_secret"):
+            parse_job(BASE.replace("  model: mistral-large-2407", "  model: mistral-large-2407\n  api_key_secret: ''"))
 
     def test_defaults_and_normalization(self) -> None:
         spec = parse_job(BASE)

@@ -8,11 +8,12 @@ the workers; the payload (the caller's rows) stays here.
 A worker is ``python -m workers.counting MODEL…``: a fresh interpreter that imports
 this package alone (not the caller's ``__main__``, which may be a CLI that imports
 Prefect — as ``multiprocessing`` would) and reads pickled batches on stdin, writing
-pickled counts on stdout. It takes a few seconds to start and load its
-tokenizers; meanwhile, and whenever every worker has its hands full, batches are
-counted here, so a small prompt set never waits for one. By default there is one
-worker per core but one: this process counts too. At most ``ahead`` batches are
-in flight; the workers are stopped on exit, whatever they were doing.
+pickled counts on stdout. Workers start with the second batch (a prompt set of one
+batch never needs them) and take a few seconds to load their tokenizers;
+meanwhile, and whenever every worker has its hands full, batches are counted here,
+so nothing waits for a worker. By default there is one worker per core but one:
+this process counts too. At most ``ahead`` batches are in flight; the workers are
+stopped on exit, whatever they were doing.
 """
 
 from __future__ import annotations
@@ -119,8 +120,9 @@ class CountingPool:
     def __init__(self, models: Sequence[str], processes: int | None = None, ahead: int = 8):
         self.processes = processes if processes is not None else (os.cpu_count() or 1) - 1
         self.ahead = ahead
+        self._models = list(models)
         self._local = {model: TokenCounter(model) for model in models}
-        self._workers = [_Worker(models) for _ in range(self.processes)]
+        self._workers: list[_Worker] = []
         self.counted_here = 0
         self.counted_by_workers = 0
 
@@ -128,8 +130,14 @@ class CountingPool:
         self.counted_here += 1
         return {model: counter.count_many(conversations) for model, counter in self._local.items()}
 
+    def start(self) -> None:
+        """Start the workers (``map`` does when a second batch comes: one batch is counted here)."""
+        if not self._workers:
+            self._workers = [_Worker(self._models) for _ in range(self.processes)]
+
     def wait_ready(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for every worker to be ready; whether they all are."""
+        """Start the workers and wait up to ``timeout`` seconds for them to be ready; whether they all are."""
+        self.start()
         return all(worker.poll_ready(timeout) for worker in self._workers)
 
     def _idle(self) -> _Worker | None:
@@ -145,7 +153,9 @@ class CountingPool:
         workers, and a worker still starting never holds anything up.
         """
         pending: deque[tuple[P, Counts | _Worker]] = deque()
-        for payload, conversations in batches:
+        for seen, (payload, conversations) in enumerate(batches):
+            if seen == 1:
+                self.start()
             worker = self._idle()
             if worker is None:
                 pending.append((payload, self._here(conversations)))

@@ -49,6 +49,11 @@ class TestCountingPool:
             results = list(pool.map(_batches(3, 10)))
         assert len(results) == 3 and pool.counted_here == 3 and pool.counted_by_workers == 0
 
+    def test_one_batch_starts_no_worker(self) -> None:
+        with CountingPool(MODELS[:1], processes=1) as pool:
+            assert len(list(pool.map(_batches(1, 10)))) == 1
+            assert not pool._workers and pool.counted_here == 1
+
     def test_a_worker_that_dies_with_batches_in_hand_is_an_error(self) -> None:
         with CountingPool(MODELS[:1], processes=1) as pool:
             assert pool.wait_ready(60)

@@ -103,8 +103,10 @@ def test_kill_9_then_rerun_finishes_without_paying_twice(tmp_path: Path, cli: Ca
     committed |= {json.loads(line)["id"] for seg in (tmp_path / "out" / "_journal").glob("*.jsonl")
                   for line in seg.read_text().splitlines() if line.strip()}
     # Sent but not committed when the process died: answers not delivered, or delivered and not yet written.
+    # Answers are written as they arrive: only those of the last moment before the kill (0.1 s at the
+    # job's 9,000 requests/min, on a busy 2-core machine) may have been delivered and not yet written.
     in_flight = at_kill["billed_requests"] - len(committed)
-    assert 0 <= in_flight <= undelivered + 3, (in_flight, undelivered)
+    assert 0 <= in_flight <= undelivered + 9_000 / 60 * 0.1, (in_flight, undelivered)
 
     out = finish(cli("run", str(job), env=KEY_ENV))
     assert "rows:     2000 (2000 ok, 0 filtered, 0 error)" in out

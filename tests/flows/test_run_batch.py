@@ -82,7 +82,7 @@ def test_run_batch_on_azurite(blob_env: Azurite, simulator: Callable[..., Simula
     container = f"run-{api}-{sim_logprobs}".lower()
     upload_prompt_sets(blob_env, container)
 
-    state = asyncio.run(run_batch(job(sim.url, container, api, logprobs), return_state=True))
+    state: Any = asyncio.run(run_batch(job(sim.url, container, api, logprobs), return_state=True))  # type: ignore[arg-type]
     assert state.is_completed(), state
     summary = state.result()
     assert summary["rows"] == {"total": 200, "ok": 200, "filtered": 0, "error": 0}

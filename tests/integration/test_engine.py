@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from schemas import EndpointSpec, Params, PromptSpec, build_row
+from schemas import BadRowError, EndpointSpec, Params, PromptRow, PromptSpec, build_row
 from tests.conftest import SimulatorProcess
 from workers import AuthRejectedError, EndpointClient, Engine, Lane, Outcome, Quota, RetryPolicy, TokenCounter
 from workers.simulator import prompt_digest
@@ -18,14 +18,14 @@ UNLIMITED = ("--requests-per-minute", "1000000", "--tokens-per-minute", "1000000
 PROMPT = PromptSpec(system="Translate to Italian.", template="Translate: {text}")
 
 
-async def rows(n: int, params: Params, bad_every: int = 0) -> AsyncIterator[object]:
+async def rows(n: int, params: Params, bad_every: int = 0) -> AsyncIterator[PromptRow | BadRowError]:
     for i in range(n):
         record: dict[str, object] = {"id": f"r{i}", "text": f"sentence number {i} " * (1 + i % 7)}
         if bad_every and i % bad_every == 0:
             record = {"id": f"r{i}", "txet": "typo"}
         try:
             yield build_row(record, i, f"mem line {i + 1}", PROMPT, params)
-        except Exception as exc:  # BadRowError flows through the engine like a row
+        except BadRowError as exc:  # a bad row flows through the engine like a row
             yield exc
 
 

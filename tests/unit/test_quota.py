@@ -24,7 +24,9 @@ def drive(ledger: Ledger, costs: list[int], start: float = 0.0) -> list[float]:
 
 def drive_with_look_ahead(ledger: Ledger, costs: list[int], look_ahead: int) -> list[tuple[float, int]]:
     """Admit from a room of ``look_ahead`` waiting costs as ``choose`` picks; (time, cost) in admission order."""
-    now, room, admitted, pending = 0.0, [], [], list(costs)
+    room: list[tuple[int, float]] = []
+    admitted: list[tuple[float, int]] = []
+    now, pending = 0.0, list(costs)
     for _ in range(100 * len(costs)):  # bounded: a decision that never advances time fails the test
         while len(room) < look_ahead and pending:
             room.append((pending.pop(0), now))

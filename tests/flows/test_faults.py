@@ -153,7 +153,8 @@ def prefect_records(api_url: str) -> str:
 def test_secrets_appear_nowhere_the_job_wrote(tmp_path: Path, azurite: Azurite, cli: Callable[..., CliRun],
                                               simulator: Callable[..., SimulatorProcess], prefect_harness: str) -> None:
     key = "sk-live-7f3a9c0e5b1d4e2f8a6b"
-    sim = simulator("--api-key", key, "--latency", "0", "--faults", "server_error=0.1")
+    sim = simulator("--api-key", key, "--latency", "0", "--faults", "server_error=0.1",
+                    "--requests-per-minute", "600000", "--tokens-per-minute", "100000000")  # the job's quota
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
     service.create_container("secrets")
     lines = [json.dumps({"id": f"s{i}", "text": f"secret row {i}"}) for i in range(120)]

@@ -75,14 +75,12 @@ class _Lengths(dict[str, int]):
         return len(self) + len(self._old)
 
 
-class SentencePieceWords:
-    """Token counts with a SentencePiece processor, by words where that is exact."""
+class _WordCounts:
+    """What both kinds share: the tokenizer's own encoding, the word cache and its figures."""
 
-    def __init__(self, encode: Callable[[str], list[int]], pieces: list[str], limit: int = DEFAULT_LIMIT):
+    def __init__(self, encode: Callable[[str], list[int]], word: Callable[[str], int], limit: int):
         self._encode = encode
-        # A piece with "▁" after another character would merge across a word's start: then never split.
-        self.splittable = not any(_joins_words(piece) for piece in pieces)
-        self._words = _Lengths(lambda word: len(encode(word)), limit)
+        self._words = _Lengths(word, limit)
         #: Texts encoded whole (they could not be split).
         self.whole = 0
 
@@ -94,39 +92,40 @@ class SentencePieceWords:
         """Words encoded (not found in the cache)."""
         return self._words.misses
 
+    def _encoded_whole(self, text: str) -> int:
+        self.whole += 1
+        return len(self._encode(text))
+
+
+class SentencePieceWords(_WordCounts):
+    """Token counts with a SentencePiece processor, by words where that is exact."""
+
+    def __init__(self, encode: Callable[[str], list[int]], pieces: list[str], limit: int = DEFAULT_LIMIT):
+        super().__init__(encode, lambda word: len(encode(word)), limit)
+        # A piece with "▁" after another character would merge across a word's start: then never split.
+        self.splittable = not any(_joins_words(piece) for piece in pieces)
+
     def length(self, text: str) -> int:
         if (self.splittable and "  " not in text and "▁ " not in text
                 and not text.startswith(" ") and not text.endswith(" ")):
             return sum(map(self._words.__getitem__, text.split(" ")))
-        self.whole += 1
-        return len(self._encode(text))
+        return self._encoded_whole(text)
 
 
 def _joins_words(piece: str) -> bool:
     return any(c == "▁" and piece[i - 1] != "▁" for i, c in enumerate(piece) if i)
 
 
-class TekkenWords:
+class TekkenWords(_WordCounts):
     """Token counts with a tiktoken encoding, by words where that is exact."""
 
     def __init__(self, encode: Callable[[str], list[int]], limit: int = DEFAULT_LIMIT):
-        self._encode = encode
-        self._spaced = _Lengths(lambda word: len(encode(" " + word)), limit)
-        #: Texts encoded whole (they could not be split).
-        self.whole = 0
-
-    def size(self) -> int:
-        """Words cached."""
-        return self._spaced.size()
-
-    def misses(self) -> int:
-        """Words encoded (not found in the cache)."""
-        return self._spaced.misses
+        # Cached: each word with the space before it, as the pattern cuts it.
+        super().__init__(encode, lambda word: len(encode(" " + word)), limit)
 
     def length(self, text: str) -> int:
         if _SPACE_AFTER_BLANK.search(text):
-            self.whole += 1
-            return len(self._encode(text))
+            return self._encoded_whole(text)
         words = text.split(" ")
         # The first word has no space before it: encoded as it is, one per text, not cached.
-        return len(self._encode(words[0])) + sum(map(self._spaced.__getitem__, islice(words, 1, None)))
+        return len(self._encode(words[0])) + sum(map(self._words.__getitem__, islice(words, 1, None)))

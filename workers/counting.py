@@ -86,8 +86,7 @@ class _Worker:
         """Whether the worker has loaded its tokenizers; a worker that died starting never is."""
         if not self.ready and not self.failed:
             try:
-                self.ready = self.answers.get(timeout=timeout) == _READY if timeout else \
-                    self.answers.get_nowait() == _READY
+                self.ready = self.answers.get(block=timeout > 0, timeout=timeout or None) == _READY
             except queue.Empty:
                 pass
             self.failed = not self.ready and self.process.poll() is not None
@@ -97,14 +96,11 @@ class _Worker:
         self._outbox.put(pickle.dumps(conversations, protocol=pickle.HIGHEST_PROTOCOL))
         self.sent += 1
 
-    def _answer(self) -> Any:
-        answer = self.answers.get()
+    def counts(self) -> Counts:
+        """The counts of the oldest batch sent and not yet answered (waits for them)."""
+        answer: Counts | None = self.answers.get()
         if answer is None:
             raise CountingError(f"a token-counting process exited (code {self.process.wait()})")
-        return answer
-
-    def counts(self) -> Counts:
-        answer: Counts = self._answer()
         return answer
 
     def stop(self) -> None:

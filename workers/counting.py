@@ -124,7 +124,7 @@ class CountingPool:
 
     def _here(self, conversations: Sequence[Conversation]) -> Counts:
         self.counted_here += 1
-        return {model: counter.count_many(conversations) for model, counter in self._local.items()}
+        return _count(self._local, conversations)
 
     def start(self) -> None:
         """Start the workers (``map`` does when a second batch comes: one batch is counted here)."""
@@ -186,6 +186,10 @@ def _result(entry: tuple[P, Counts | _Worker]) -> tuple[P, Counts]:
     return payload, counts.counts() if isinstance(counts, _Worker) else counts
 
 
+def _count(counters: dict[str, TokenCounter], conversations: Sequence[Conversation]) -> Counts:
+    return {model: counter.count_many(conversations) for model, counter in counters.items()}
+
+
 def _serve(models: Sequence[str], source: IO[bytes], sink: IO[bytes]) -> None:
     """A worker's loop: counters loaded, then a batch in, its counts out, until end of input."""
     counters = {model: TokenCounter(model) for model in models}
@@ -196,8 +200,7 @@ def _serve(models: Sequence[str], source: IO[bytes], sink: IO[bytes]) -> None:
             conversations = pickle.load(source)
         except EOFError:
             return
-        pickle.dump({model: c.count_many(conversations) for model, c in counters.items()}, sink,
-                    protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(_count(counters, conversations), sink, protocol=pickle.HIGHEST_PROTOCOL)
         sink.flush()
 
 

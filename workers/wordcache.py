@@ -6,8 +6,9 @@ conditions checked here per text (and per vocabulary for SentencePiece). A text
 that does not meet them is encoded whole, so every count is the tokenizer's own.
 
 **SentencePiece (v1, v2, v3).** The text is escaped (each space becomes ``▁``) and
-given a leading ``▁``; normalization is the identity (checked: no piece would
-change otherwise — the tests compare with whole encodings). BPE merges only into
+given a leading ``▁``; Mistral's models ship with identity normalization (no
+NFKC, no collapsing of spaces — the tests compare with whole encodings on texts
+that would show either). BPE merges only into
 pieces of the vocabulary, and these vocabularies have no piece in which a ``▁``
 follows another character (only runs of ``▁`` alone): so no merge ever spans a
 ``▁`` that follows a non-``▁`` character, and the encoding is the concatenation

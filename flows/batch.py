@@ -1,9 +1,15 @@
 """The Prefect flow ``run_batch``: a job file in, a folder of Parquet parts and a manifest out.
 
-    list_inputs      which files the job's ``input`` names (task, retried)
+    list_inputs      which files the job's ``input`` names, and their fingerprints (task, retried)
     prepare_output   claim the output folder; read what earlier runs finished (task, retried)
     process_rows     stream the rows still to do → worker pool → journal and parts (task)
-    publish_manifest totals summed from the parts (task, retried)
+    publish_manifest totals summed from the parts (task, retried); then ``latest.json``
+
+A job whose locations name the date (``{date}``) is resolved first, for the run's date
+(``flows.schedule``). The run holds the output folder's lease (``flows.lease``) from
+before it reads the folder until it is done: a second run of the same output exits at
+once naming the holder. A run over an output that is complete for exactly these
+inputs sends nothing and says it is already complete.
 
 The pool runs inside one async task on the flow's event loop: its limiters belong to
 that loop. Deployment keys are read from the environment inside the task, never
@@ -27,6 +33,8 @@ import json
 import os
 import socket
 import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.inputs import count_rows, input_format
+from flows.lease import OutputLease, holder_info
 from flows.logs import guard_stdlib_logs
 from flows.manifest import (
     JOURNAL_FOLDER,
@@ -43,15 +52,17 @@ from flows.manifest import (
     OutputInUseError,
     build_manifest,
     claim_output,
+    input_changes,
     read_manifest,
     write_manifest,
 )
-from flows.parts import PartSummary
+from flows.parts import PartSummary, drop_parts_beyond
 from flows.pipeline import BAD_INPUT_LISTED, Execution, JobError, JobStoppedError, Listener, execute
 from flows.progress import PROGRESS_KEY, SUMMARY_KEY, ArtifactProgress, summary_markdown
 from flows.progress import listeners as progress_listeners
-from flows.resume import Progress, read_progress
-from flows.storage import Storage, redact_location, storage_for
+from flows.resume import Earlier, read_earlier
+from flows.schedule import RunDateError, publish_pointer, run_date
+from flows.storage import Storage, StorageError, redact_location, storage_for
 from schemas import JobSpec, job_from_dict, parse_job
 
 log = structlog.get_logger(__name__)
@@ -73,46 +84,89 @@ def load_spec(job: str | dict[str, Any], *, input: str | None = None, output: st
     return spec.with_overrides(input=input, output=output, endpoint_url=endpoint_url)
 
 
-@task(name="list-inputs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def _transient(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry a task for storage trouble only: a wrong job or a refused folder fails at once."""
+    return isinstance(state.data, StorageError | OSError)
+
+
+@task(name="list-inputs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
 def list_inputs(spec: JobSpec) -> list[str]:
     """The prompt files the job's ``input`` names, in order."""
     files = storage_for(spec.input).expand(spec.input)
     if not files:
-        raise JobError(f"{spec.input}: no prompt files there")
+        raise JobError(f"{redact_location(spec.input)}: no prompt files there")
     for location in files:
         input_format(location)
     return files
 
 
-@task(name="prepare-output", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def prepare_output(spec: JobSpec, files: list[str], retry_errors: bool, overwrite: bool) -> Progress:
-    """Claim the output folder for this job and read what earlier runs finished there."""
+def fingerprints(spec: JobSpec, files: list[str]) -> list[dict[str, Any]]:
+    """What identifies each input file's content now (see ``Storage.fingerprint``)."""
+    store = storage_for(spec.input)
+    return [{"location": redact_location(f), **store.fingerprint(f)} for f in files]
+
+
+@dataclass
+class Prepared:
+    """The output folder claimed: what earlier runs left, and what the manifest is to record."""
+
+    earlier: Earlier
+    #: The input fingerprints the manifest records while the job is unfinished (see ``prepare_output``).
+    fingerprints: list[dict[str, Any]] | None
+    #: The current fingerprints, recorded once the job is complete.
+    current: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+    #: The earlier manifest, when it is complete for exactly these inputs: nothing to do.
+    complete: dict[str, Any] | None = None
+
+
+@task(name="prepare-output", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
+def prepare_output(spec: JobSpec, files: list[str], retry_errors: bool, overwrite: bool,
+                   day: str | None = None) -> Prepared:
+    """Claim the output folder for this job and read what earlier runs finished there.
+
+    While a reconciliation is unfinished the manifest keeps the *earlier* fingerprints:
+    the parts it has not rebuilt yet answer the earlier input, so the next run must look
+    at the input again rather than trust them.
+    """
     out = storage_for(spec.output)
     try:
         previous = claim_output(out, spec, files, overwrite=overwrite)
     except OutputInUseError as exc:
         raise JobError(str(exc)) from None
+    current = fingerprints(spec, files)
+    changes = input_changes(previous, current)
     shard_rows = previous.get("shard_rows", spec.shard_rows) if previous else spec.shard_rows
-    progress = read_progress(out, spec.output, shard_rows, previous, retry_errors=retry_errors)
-    write_manifest(out, spec.output, build_manifest(spec, files, list(progress.kept.values()), status="running",
-                                                    shard_rows=shard_rows, wall_time_s=0.0))
-    return progress
+    if previous is not None and not changes and previous.get("status") == "complete" and not (
+            retry_errors and previous["rows"].get("error", 0)):
+        return Prepared(Earlier(shard_rows), current, current, complete=previous)
+    if changes:
+        log.warning("inputs_changed", changes=changes, action="rows are matched by id and content")
+    earlier = read_earlier(out, spec.output, shard_rows, previous, files=files, inputs_unchanged=not changes,
+                           job_hash=spec.job_hash(), retry_errors=retry_errors)
+    trusted = current if previous is None or not earlier.rebuilt else (previous or {}).get("input_fingerprints")
+    write_manifest(out, spec.output, build_manifest(spec, files, list(earlier.kept.values()), status="running",
+                                                    shard_rows=shard_rows, wall_time_s=0.0, fingerprints=trusted,
+                                                    run_date=day))
+    return Prepared(earlier, trusted, current, changes)
 
 
 @task(name="process-rows", cache_policy=NO_CACHE)
-async def process_rows(spec: JobSpec, files: list[str], progress: Progress) -> Execution:
+async def process_rows(spec: JobSpec, files: list[str], prepared: Prepared, day: str | None = None) -> Execution:
     """Send every row not yet done through the deployments' pool and publish one part per shard."""
     out = storage_for(spec.output)
     started = time.monotonic()
+    earlier = prepared.earlier
 
     async def checkpoint(parts: list[PartSummary]) -> None:
-        manifest = build_manifest(spec, files, parts, status="running", shard_rows=progress.shard_rows,
-                                  wall_time_s=time.monotonic() - started)
+        manifest = build_manifest(spec, files, parts, status="running", shard_rows=earlier.shard_rows,
+                                  wall_time_s=time.monotonic() - started, fingerprints=prepared.fingerprints,
+                                  run_date=day)
         await asyncio.to_thread(write_manifest, out, spec.output, manifest)
 
     rows_total = await asyncio.to_thread(count_rows, storage_for(spec.input), files)
-    watchers: list[Listener] = [ArtifactProgress(rows_before=progress.rows), *progress_listeners]
-    return await execute(spec, files, progress=progress, checkpoint=checkpoint, listeners=watchers,
+    watchers: list[Listener] = [ArtifactProgress(rows_before=earlier.rows), *progress_listeners]
+    return await execute(spec, files, progress=earlier, checkpoint=checkpoint, listeners=watchers,
                          rows_total=rows_total)
 
 
@@ -133,13 +187,14 @@ async def run_shard(job: str | dict[str, Any], index: int, count: int, input: st
     previous = read_manifest(out, spec.output)
     if previous is None or previous.get("job_hash") != spec.job_hash():
         raise JobError(f"{redact_location(spec.output)}: not prepared for this job (run it through run_batch)")
-    progress = read_progress(out, spec.output, previous.get("shard_rows", spec.shard_rows), previous,
-                             retry_errors=retry_errors)
+    changes = input_changes(previous, fingerprints(spec, files))
+    progress = read_earlier(out, spec.output, previous.get("shard_rows", spec.shard_rows), previous, files=files,
+                            inputs_unchanged=not changes, job_hash=spec.job_hash(), retry_errors=retry_errors)
     return await process_slice(spec, files, progress, index, count)
 
 
 @task(name="process-slice", cache_policy=NO_CACHE)
-async def process_slice(spec: JobSpec, files: list[str], progress: Progress, index: int,
+async def process_slice(spec: JobSpec, files: list[str], progress: Earlier, index: int,
                         count: int) -> dict[str, Any]:
     """``process_rows`` for one slice, its quota leased from the Prefect server; returns its note."""
     from prefect.client.orchestration import get_client
@@ -156,7 +211,7 @@ async def process_slice(spec: JobSpec, files: list[str], progress: Progress, ind
     note = {
         "index": index, "count": count, "worker": worker, "input_rows": execution.reading.rows,
         "shards": sorted(p.shard for p in execution.parts if p.shard % count == index),
-        "rows_sent": execution.tally.rows, "stopped": execution.stopped,
+        "rows_sent": execution.tally.rows, "stopped": execution.stopped, "reused_rows": execution.reused_rows,
         "bad_input": execution.bad_input, "bad_input_rows": execution.bad_input_rows,
         "empty_inputs": execution.reading.empty_files, "lease_refusals": sum(x.refused for x in leasers),
     }
@@ -167,7 +222,7 @@ async def process_slice(spec: JobSpec, files: list[str], progress: Progress, ind
     return note
 
 
-async def _scale_out(spec: JobSpec, files: list[str], progress: Progress, workers: int, shard_deployment: str, *,
+async def _scale_out(spec: JobSpec, files: list[str], progress: Earlier, workers: int, shard_deployment: str, *,
                      retry_errors: bool) -> list[dict[str, Any]]:
     """Slice 0 here, slices 1…n-1 as flow runs of ``shard_deployment``; every slice's note.
 
@@ -195,7 +250,8 @@ async def _scale_out(spec: JobSpec, files: list[str], progress: Progress, worker
                     for i in range(1, workers)]
 
 
-@task(name="publish-manifest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="publish-manifest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=_transient)
 def publish_manifest(spec: JobSpec, manifest: dict[str, Any]) -> str:
     """Write ``_manifest.json`` into the output folder."""
     return write_manifest(storage_for(spec.output), spec.output, manifest)
@@ -205,12 +261,14 @@ def publish_manifest(spec: JobSpec, manifest: dict[str, Any]) -> str:
 async def run_batch(job: str | dict[str, Any], input: str | None = None, output: str | None = None,
                     endpoint_url: str | None = None, retry_errors: bool = False,
                     overwrite: bool = False, workers: int = 1,
-                    shard_deployment: str = SHARD_DEPLOYMENT) -> dict[str, Any]:
+                    shard_deployment: str = SHARD_DEPLOYMENT, date: str | None = None) -> dict[str, Any]:
     """Run a job: every input row ends as one output row with a status; returns the manifest's totals.
 
-    Re-running with the same output finishes what an earlier run left undone;
-    ``retry_errors`` also sends again the rows that ended in ``error``; ``overwrite``
-    discards an earlier job's results. A run stopped by a signal or by the budget
+    Re-running with the same output finishes what an earlier run left undone (rows are
+    matched by identity, so an edited input is reconciled); ``retry_errors`` also sends
+    again the rows that ended in ``error``; ``overwrite`` discards an earlier job's
+    results. ``date`` (``YYYY-MM-DD``) is the day ``{date}`` placeholders name (default:
+    the scheduled day, see ``flows.schedule``). A run stopped by a signal or by the budget
     publishes what finished and raises ``JobStoppedError``. ``workers`` > 1 spreads the
     job's shards over that many runs of ``shard_deployment`` (see the module docstring).
     """
@@ -218,41 +276,92 @@ async def run_batch(job: str | dict[str, Any], input: str | None = None, output:
     guard_stdlib_logs()
     if workers < 1:
         raise JobError("workers must be 1 or more")
-    spec = load_spec(job, input=input, output=output, endpoint_url=endpoint_url)
+    template = load_spec(job, input=input, output=output, endpoint_url=endpoint_url)
+    try:
+        day = await run_date(date)
+    except RunDateError as exc:
+        raise JobError(str(exc)) from None
+    spec = template.on_date(day)
     files = list_inputs(spec)
-    progress = prepare_output(spec, files, retry_errors, overwrite)
+    with _lease(spec):
+        prepared = prepare_output(spec, files, retry_errors, overwrite, day.isoformat())
+        if prepared.complete is not None:
+            return _already_complete(template, spec, day, prepared.complete)
+        summary = await _run(spec, files, prepared, day.isoformat(), workers, shard_deployment, started,
+                             retry_errors=retry_errors)
+        if template.dated:
+            await asyncio.to_thread(publish_pointer, template.output, spec.output, day, summary)
+    return summary
+
+
+def _lease(spec: JobSpec) -> OutputLease:
+    """The output folder's lease for this flow run (a Prefect retry of the run takes its own lease back)."""
+    from prefect.runtime import flow_run
+
+    run_id = str(flow_run.id) if flow_run.id else None
+    lease_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"promptbatch:{run_id}")) if run_id else None
+    return OutputLease(storage_for(spec.output), spec.output, holder_info(run_id), lease_id=lease_id)
+
+
+def _already_complete(template: JobSpec, spec: JobSpec, day: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Nothing to send: the output is complete for exactly these inputs."""
+    location = storage_for(spec.output).join(spec.output, "_manifest.json")
+    log.info("already_complete", output=redact_location(spec.output), rows=manifest["rows"])
+    if template.dated:
+        publish_pointer(template.output, spec.output, day, manifest)
+    return {"output": redact_location(spec.output), "manifest": redact_location(location), "already_complete": True,
+            **{k: v for k, v in manifest.items() if k not in ("parts", "reconciled")}}
+
+
+async def _run(spec: JobSpec, files: list[str], prepared: Prepared, day: str, workers: int, shard_deployment: str,
+               started: float, *, retry_errors: bool) -> dict[str, Any]:
+    """Process what is left, publish the manifest and the summary artifact; the manifest's totals."""
+    progress = prepared.earlier
     log.info("job_started", inputs=len(files), output=redact_location(spec.output), job_hash=spec.job_hash(),
-             endpoints=[e.url for e in spec.all_endpoints], rows_already_done=progress.rows, workers=workers)
+             endpoints=[e.url for e in spec.all_endpoints], rows_already_done=progress.rows, workers=workers,
+             date=day, inputs_changed=prepared.changes or None)
     out = storage_for(spec.output)
     by_worker: dict[str, list[int]] = {}
+    pending = None
+    reused = dropped = 0
     if workers == 1:
-        execution = await process_rows(spec, files, progress)
+        execution = await process_rows(spec, files, prepared, day)
         parts, stopped, total_rows = execution.parts, execution.stopped, execution.reading.rows
         bad_input, bad_input_rows = execution.bad_input, execution.bad_input_rows
-        empty_inputs = execution.reading.empty_files
+        empty_inputs, pending = execution.reading.empty_files, execution.pending
+        reused, dropped = execution.reused_rows, execution.dropped_rows
     else:
         notes = await _scale_out(spec, files, progress, workers, shard_deployment, retry_errors=retry_errors)
         previous = read_manifest(out, spec.output)
-        after = read_progress(out, spec.output, progress.shard_rows, previous, retry_errors=False)
+        after = read_earlier(out, spec.output, progress.shard_rows, previous, files=files, inputs_unchanged=True,
+                             job_hash=spec.job_hash(), retry_errors=False)
         parts = sorted(after.kept.values(), key=lambda p: p.shard)
         stopped = next((n["stopped"] for n in notes if n["stopped"]), None)
         total_rows = notes[0]["input_rows"]
         bad_input = [line for n in notes for line in n["bad_input"]][:BAD_INPUT_LISTED]
         bad_input_rows = sum(n["bad_input_rows"] for n in notes)
         empty_inputs = notes[0]["empty_inputs"]
+        reused = sum(n.get("reused_rows", 0) for n in notes)
         for n in notes:
             by_worker.setdefault(n["worker"], []).extend(n["shards"])
         if stopped is None:
             await asyncio.to_thread(_clear_scratch, out, spec.output)
+    if stopped is None and total_rows is not None:
+        await asyncio.to_thread(drop_parts_beyond, out, spec.output, total_rows, progress.shard_rows)
     status = "stopped" if stopped else "complete"
     manifest = build_manifest(spec, files, parts, status=status, shard_rows=progress.shard_rows,
                               wall_time_s=time.monotonic() - started, total_rows=total_rows,
-                              stopped=stopped, bad_input=bad_input, bad_input_rows=bad_input_rows)
+                              stopped=stopped, bad_input=bad_input, bad_input_rows=bad_input_rows,
+                              fingerprints=prepared.current if status == "complete" else prepared.fingerprints,
+                              pending=pending, run_date=day)
     if empty_inputs:
         manifest["empty_inputs"] = empty_inputs
         log.warning("empty_inputs", files=empty_inputs)
     if by_worker:
         manifest["workers"] = {name: sorted(shards) for name, shards in sorted(by_worker.items())}
+    if prepared.changes:
+        manifest["reconciled"] = {"changes": prepared.changes, "answers_reused": reused,
+                                  "answers_dropped": dropped, "parts_rebuilt": len(progress.rebuilt)}
     location = publish_manifest(spec, manifest)
     await acreate_markdown_artifact(markdown=summary_markdown(manifest), key=SUMMARY_KEY,
                                     description="promptbatch run: outcomes and cost")

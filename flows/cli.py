@@ -33,6 +33,7 @@ def _fail(code: int, message: str) -> NoReturn:
 def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
     """Run a flow, turning the ways a job can fail into one line and an exit code."""
     from flows.batch import JobError
+    from flows.lease import OutputBusyError
     from flows.pipeline import JobStoppedError
     from flows.storage import StorageError
     from schemas import JobFileError
@@ -40,7 +41,7 @@ def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
 
     try:
         return asyncio.run(runner())
-    except (JobFileError, JobError) as exc:
+    except (JobFileError, JobError, OutputBusyError) as exc:
         _fail(2, str(exc))
     except JobAbortedError as exc:
         _fail(3, f"the deployment refused the job's key ({exc.describe()}); check the key and run again "
@@ -54,9 +55,20 @@ def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
 
 def _print_summary(result: dict[str, Any]) -> None:
     rows, tokens, cost = result["rows"], result["tokens"], result["cost_usd"]
+    if result.get("already_complete"):
+        click.echo(f"already complete: {result['output']} holds every row of these inputs; nothing was sent")
+    reconciled = result.get("reconciled")
+    if reconciled:
+        click.echo("inputs changed since the last run: " + "; ".join(reconciled["changes"][:5]))
+        click.echo(f"reconciled by row id and content: {reconciled['answers_reused']} earlier answers kept for "
+                   f"their rows, {reconciled['answers_dropped']} dropped (their rows are gone or changed), "
+                   f"{reconciled['parts_rebuilt']} parts rebuilt")
     click.echo(f"output:   {result['output']}")
     click.echo(f"manifest: {result['manifest']}")
-    click.echo(f"rows:     {rows['total']} ({rows['ok']} ok, {rows['filtered']} filtered, {rows['error']} error)")
+    of = f" of {result['input_rows']}" if result.get("input_rows") is not None and result.get("stopped") else ""
+    click.echo(f"rows:     {rows['total']}{of} ({rows['ok']} ok, {rows['filtered']} filtered, {rows['error']} error)"
+               + (f"; {result['journaled_rows']} of them in the journal, not yet in a part"
+                  if result.get("journaled_rows") else ""))
     click.echo(f"tokens:   {tokens['prompt']:,} prompt + {tokens['completion']:,} completion")
     by_model = ", ".join(f"{m} ${c:.4f}" for m, c in cost["by_model"].items())
     click.echo(f"cost:     ${cost['total']:.4f} ({by_model}; prices as of {result['prices_as_of']})")
@@ -86,24 +98,29 @@ def main(json_logs: bool) -> None:
 @click.option("--endpoint-url", help="Override the endpoint's `url` (jobs with one endpoint).")
 @click.option("--retry-errors", is_flag=True, help="Also send again the rows an earlier run ended in `error`.")
 @click.option("--overwrite", is_flag=True, help="Discard another job's results in the output folder.")
+@click.option("--date", "day", metavar="YYYY-MM-DD",
+              help="The day `{date}` in `input`/`output` names (default: today): backfill or redo a day.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Show a progress bar on stderr (default: when stderr is a terminal).")
 def run(job_file: str, input_: str | None, output: str | None, endpoint_url: str | None, retry_errors: bool,
-        overwrite: bool, show_progress: bool | None) -> None:
+        overwrite: bool, day: str | None, show_progress: bool | None) -> None:
     """Run JOB_FILE: every input row ends as one output row with a status.
 
     Running it again with the same output finishes what an earlier run left undone.
     """
     from flows.batch import JobError, load_spec, run_batch
+    from flows.schedule import RunDateError, parse_date
     from schemas import JobFileError
 
     try:  # a bad job file fails here, before Prefect starts or any request is sent
         load_spec(job_file, input=input_, output=output, endpoint_url=endpoint_url)
-    except (JobFileError, JobError) as exc:
+        if day is not None:
+            parse_date(day)
+    except (JobFileError, JobError, RunDateError) as exc:
         _fail(2, str(exc))
     with _progress_bar(show_progress):
         result = _run_job(lambda: run_batch(job_file, input=input_, output=output, endpoint_url=endpoint_url,
-                                            retry_errors=retry_errors, overwrite=overwrite))
+                                            retry_errors=retry_errors, overwrite=overwrite, date=day))
     _print_summary(result)
 
 

@@ -81,7 +81,7 @@ def count_prompts(spec: JobSpec, files: list[str], sample: int = 0, seed: int = 
             for item in batch:
                 if isinstance(item, BadRowError):
                     bad_input.add(str(item))
-                else:
+                elif isinstance(item, PromptRow):
                     rows.append(item)
             yield rows, [row.messages for row in rows]
 

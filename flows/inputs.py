@@ -9,6 +9,7 @@ cannot be sent becomes a ``BadRowError`` in the stream instead of stopping it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,8 +36,13 @@ def input_format(location: str) -> str:
     raise ValueError(f"{redact_location(location)}: not a prompt set (expected .jsonl or .parquet)")
 
 
-def iter_records(storage: Storage, location: str, batch_rows: int = 1024) -> Iterator[tuple[str, dict[str, Any] | BadRowError]]:
-    """``(where, record)`` for each row of one file; a malformed row comes as a ``BadRowError``."""
+def iter_records(storage: Storage, location: str,
+                 batch_rows: int = 1024) -> Iterator[tuple[str, dict[str, Any] | BadRowError, bytes]]:
+    """``(where, record, raw)`` for each row of one file; a malformed row comes as a ``BadRowError``.
+
+    ``raw`` is the row as stored (a JSONL line; a Parquet record as canonical JSON): what
+    a shard's input digest is made of, so a re-run can tell which shards changed.
+    """
     name = redact_location(location)
     if input_format(location) == "parquet":
         with storage.local_copy(location) as path:
@@ -44,13 +50,15 @@ def iter_records(storage: Storage, location: str, batch_rows: int = 1024) -> Ite
                 parquet = pq.ParquetFile(path)
             except (pa.ArrowException, OSError) as exc:
                 # Its rows cannot be told apart: the file stands as one bad row.
-                yield name, BadRowError(name, "", f"not a readable Parquet file: {exc}")
+                bad = BadRowError(name, "", f"not a readable Parquet file: {exc}")
+                yield name, bad, b"\0unreadable:" + name.encode()
                 return
             number = 0
             for batch in parquet.iter_batches(batch_size=batch_rows):
                 for record in batch.to_pylist():
                     number += 1
-                    yield f"{name} row {number}", record
+                    raw = json.dumps(record, sort_keys=True, default=str, separators=(",", ":")).encode()
+                    yield f"{name} row {number}", record, raw
         return
     for number, line in enumerate(split_lines(storage.iter_bytes(location)), start=1):
         where = f"{name} line {number}"
@@ -59,12 +67,43 @@ def iter_records(storage: Storage, location: str, batch_rows: int = 1024) -> Ite
         try:
             record = json.loads(line)
         except ValueError as exc:
-            yield where, BadRowError(where, "", f"not valid JSON: {exc}")
+            yield where, BadRowError(where, "", f"not valid JSON: {exc}"), line
             continue
         if not isinstance(record, dict):
-            yield where, BadRowError(where, "", f"expected a JSON object, got {type(record).__name__}")
+            yield where, BadRowError(where, "", f"expected a JSON object, got {type(record).__name__}"), line
             continue
-        yield where, record
+        yield where, record, line
+
+
+class ShardDigest:
+    """The digest of one shard's input rows, in order: equal digests, the same rows."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.rows = 0
+
+    def add(self, raw: bytes) -> None:
+        self._hash.update(len(raw).to_bytes(8, "little"))
+        self._hash.update(raw)
+        self.rows += 1
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()[:32]
+
+
+def shard_digests(storage: Storage, files: list[str], shard_rows: int) -> list[str]:
+    """Every shard's input digest, reading the input once (rows are hashed, not parsed twice)."""
+    digests: list[str] = []
+    current = ShardDigest()
+    for location in files:
+        for _, _, raw in iter_records(storage, location):
+            current.add(raw)
+            if current.rows == shard_rows:
+                digests.append(current.hexdigest())
+                current = ShardDigest()
+    if current.rows:
+        digests.append(current.hexdigest())
+    return digests
 
 
 def count_rows(storage: Storage, files: list[str]) -> int | None:
@@ -106,21 +145,37 @@ class Reading:
     empty_files: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class ShardRead:
+    """Every input row of a shard has been read: its digest (it goes into the shard's part)."""
+
+    shard: int
+    digest: str
+    rows: int
+
+
 def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 512, *,
-               skip: Callable[[int], bool] | None = None, reading: Reading | None = None) -> Iterator[list[Item]]:
+               skip: Callable[[int], bool] | None = None, reading: Reading | None = None,
+               shard_rows: int | None = None) -> Iterator[list[Item | ShardRead]]:
     """Every row of every file, numbered in order and built into requests, in batches.
 
     Rows for which ``skip(seq)`` holds are counted but neither built nor yielded (they
-    are done already). ``reading`` learns the input's length at the end.
+    are done already). ``reading`` learns the input's length at the end. With
+    ``shard_rows``, a ``ShardRead`` follows the last row of each shard that was not skipped.
     """
     seq = 0
-    chunk: list[Item] = []
+    chunk: list[Item | ShardRead] = []
+    digest = ShardDigest()
     for location in files:
         first = seq
-        for where, record in iter_records(storage, location):
+        for where, record, raw in iter_records(storage, location):
             if skip is not None and skip(seq):
                 seq += 1
                 continue
+            if shard_rows is not None:
+                if seq % shard_rows == 0:
+                    digest = ShardDigest()
+                digest.add(raw)
             if isinstance(record, BadRowError):
                 record.seq = seq
                 chunk.append(record)
@@ -130,18 +185,22 @@ def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 5
                 except BadRowError as exc:
                     chunk.append(exc)
             seq += 1
+            if shard_rows is not None and seq % shard_rows == 0:
+                chunk.append(ShardRead(seq // shard_rows - 1, digest.hexdigest(), digest.rows))
             if len(chunk) >= batch:
                 yield chunk
                 chunk = []
         if seq == first and reading is not None:
             reading.empty_files.append(redact_location(location))
+    if shard_rows is not None and seq % shard_rows and digest.rows == seq % shard_rows:
+        chunk.append(ShardRead(seq // shard_rows, digest.hexdigest(), digest.rows))
     if chunk:
         yield chunk
     if reading is not None:
         reading.rows = seq
 
 
-async def stream(batches: Iterator[list[Item]]) -> AsyncIterator[Item]:
+async def stream(batches: Iterator[list[Any]]) -> AsyncIterator[Any]:
     """Items from a blocking batch iterator, read in a worker thread so the event loop keeps sending."""
     while (chunk := await asyncio.to_thread(next, batches, None)) is not None:
         for item in chunk:

@@ -9,9 +9,17 @@ opened for appending on disk. On disk each row is written as it comes (one syste
 call); in Blob appends are group commits: while one batch is being written the next
 collects, so a busy job makes few calls and a quiet one waits for none.
 
-A segment is deleted once every shard it holds rows of has been published as a part;
-when the job finishes, the journal is gone. A run that was stopped or killed leaves its
-segments, and the next run reads them back (``read_journal``).
+A segment of this run is deleted once every shard it holds rows of has been published
+as a part; when the job finishes, the journal is gone. A run that was stopped or killed
+leaves its segments, and the next run reads them back (``read_journal``): it matches
+their rows to its input by identity (``id`` and request digest), never by position, so
+it keeps earlier segments until the job is complete.
+
+Segment names start with the job's hash (``<job hash>-<run>-<n>.jsonl``), so a folder
+whose manifest was lost still says which job its journal belongs to. A part that a
+re-run cannot keep as it is (its input changed) is first copied into a segment of its
+own (``<job hash>-retired-<shard>-<digest>.jsonl``, ``retire``): its answers stay
+durable while the part is overwritten by the new layout.
 """
 
 from __future__ import annotations
@@ -38,16 +46,19 @@ SEGMENT_LINES = 20_000
 class Journal:
     """Append-only log of finished rows for one run; see the module docstring."""
 
-    def __init__(self, storage: Storage, output: str, shard_rows: int, *, segment_lines: int = SEGMENT_LINES):
+    def __init__(self, storage: Storage, output: str, shard_rows: int, *, job_hash: str = "job",
+                 segment_lines: int = SEGMENT_LINES):
         self._storage = storage
         self._output = output
         self._shard_rows = shard_rows
         self._segment_lines = segment_lines
-        self._run = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        self._run = f"{job_hash}-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         self._number = 0
         self._lines_in_segment = 0
         #: Segment name → the shards it holds rows of; the current one is last.
         self._segments: dict[str, set[int]] = {}
+        #: Earlier runs' segments: deleted when the job is complete.
+        self._adopted: list[str] = []
         self._published: set[int] = set()
         self._pending: list[tuple[int, bytes]] = []
         self._wake = asyncio.Event()
@@ -59,11 +70,9 @@ class Journal:
         self._task: asyncio.Task[None] | None = None
         self._current = self._open_segment()
 
-    def adopt(self, segments: dict[str, set[int]]) -> None:
-        """Take over earlier runs' segments, to delete them once their shards are published."""
-        for name, shards in segments.items():
-            self._segments.setdefault(name, set(shards))
-        self._segments[self._current] = self._segments.pop(self._current)  # keep the current one last
+    def adopt(self, segments: list[str]) -> None:
+        """Take over earlier runs' segments, to delete them once the job is complete."""
+        self._adopted.extend(n for n in segments if n not in self._adopted)
 
     def start(self) -> None:
         """Start the writer task on the running event loop."""
@@ -110,9 +119,10 @@ class Journal:
             if self._task is not None:
                 await asyncio.gather(self._task, return_exceptions=True)
         if finished:
-            for name in list(self._segments):
+            for name in [*self._segments, *self._adopted]:
                 await asyncio.to_thread(self._storage.delete, self._location(name))
             self._segments.clear()
+            self._adopted.clear()
 
     async def _writer(self) -> None:
         while True:
@@ -169,6 +179,27 @@ class Journal:
 
     def _location(self, name: str) -> str:
         return self._storage.join(self._output, f"{FOLDER}/{name}")
+
+
+def retire(storage: Storage, output: str, job_hash: str, shard: int, digest: str,
+           records: list[dict[str, Any]]) -> str:
+    """Copy a part's rows into a journal segment of their own (written whole, at once); its name.
+
+    Nothing is written when that segment exists already (an earlier, stopped re-run
+    retired the same part): a row's answer is never journaled twice.
+    """
+    name = f"{job_hash}-retired-{shard:06d}-{digest[:12]}.jsonl"
+    location = storage.join(output, f"{FOLDER}/{name}")
+    if not storage.exists(location):
+        body = b"".join(json.dumps(r, separators=(",", ":"), default=str).encode() + b"\n" for r in records)
+        storage.write_bytes(location, body)
+    return name
+
+
+def segment_job_hash(name: str) -> str | None:
+    """The job hash a segment's name starts with (``None`` for a name of another form)."""
+    head = name.split("-", 1)[0]
+    return head if len(head) == 16 and all(c in "0123456789abcdef" for c in head) else None
 
 
 def journal_segments(storage: Storage, output: str) -> list[str]:

@@ -212,7 +212,8 @@ _WHO = {"host": "host", "pid": "pid", "flow_run_id": "flow run", "acquired_at": 
 def _busy_message(folder: str, holder: dict[str, Any], when_free: str) -> str:
     # Nobody named: the holder has taken the lease and not yet written down who it is.
     who = ", ".join(f"{label} {holder[key]}" for key, label in _WHO.items() if holder.get(key))
-    return f"{redact_location(folder)} is being written by another run ({who or 'holder not yet recorded'}); {when_free}"
+    who = who or "holder not yet recorded"
+    return f"{redact_location(folder)} is being written by another run ({who}); {when_free}"
 
 
 def _blob_busy_message(folder: str, metadata: dict[str, str]) -> str:

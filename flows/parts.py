@@ -1,8 +1,13 @@
 """Results out: Parquet parts, one per shard of ``shard_rows`` input rows, and the manifest.
 
 Rows finish out of order; each is held with its shard until every row of that shard
-is in, then the shard is written as ``part-NNNNNN.parquet`` (sorted by input order)
-and published atomically. ``flows.manifest`` sums the parts' summaries into the manifest.
+is in and the shard's input has been read to its end, then the shard is written as
+``part-NNNNNN.parquet`` (sorted by input order) and published atomically.
+``flows.manifest`` sums the parts' summaries into the manifest.
+
+Each part carries, in its Parquet metadata, the job's hash and the digest of the
+input rows it answers (``flows.inputs.ShardDigest``): a re-run keeps a part only while
+its shard's input is byte for byte the same, and a lost manifest can be rebuilt.
 """
 
 from __future__ import annotations
@@ -37,6 +42,13 @@ class PartSummary:
     completion_tokens: int
     cost_usd: float
     cost_by_model: dict[str, float] = field(default_factory=dict)
+    #: The digest of the shard's input rows when it was published (``None``: unknown, not kept).
+    input_digest: str | None = None
+
+
+#: Keys of a part's Parquet metadata.
+META_JOB_HASH, META_INPUT_DIGEST, META_SHARD_ROWS = b"promptbatch.job_hash", b"promptbatch.input_digest", \
+    b"promptbatch.shard_rows"
 
 
 class PartWriter:
@@ -47,12 +59,14 @@ class PartWriter:
     """
 
     def __init__(self, storage: Storage, folder: str, shard_rows: int,
-                 on_published: Callable[[PartSummary], Awaitable[None]] | None = None):
+                 on_published: Callable[[PartSummary], Awaitable[None]] | None = None, *, job_hash: str = ""):
         self._storage = storage
         self._folder = folder
         self._shard_rows = shard_rows
         self._on_published = on_published
+        self._job_hash = job_hash
         self._open: dict[int, list[dict[str, Any]]] = {}
+        self._digests: dict[int, str] = {}
         self._total_rows: int | None = None
         self._one_at_a_time = asyncio.Lock()
         self._publishing: set[asyncio.Task[None]] = set()
@@ -67,8 +81,20 @@ class PartWriter:
         record["_seq"] = seq
         records = self._open.setdefault(shard, [])
         records.append(record)
-        if len(records) == self._shard_size(shard):
+        if len(records) == self._shard_size(shard) and shard in self._digests:
             self._start_publish(shard)
+
+    def shard_read(self, shard: int, digest: str, rows: int) -> None:
+        """The input of ``shard`` has been read to its end (``rows`` rows): publish it once whole."""
+        self._digests[shard] = digest
+        if rows < self._shard_rows:  # only the input's last shard is short
+            self._total_rows = shard * self._shard_rows + rows
+        if len(self._open.get(shard, ())) == self._shard_size(shard):
+            self._start_publish(shard)
+
+    def open_records(self) -> list[dict[str, Any]]:
+        """Finished rows held for shards not published yet (they are in the journal)."""
+        return [r for records in self._open.values() for r in records]
 
     async def finish(self, total_rows: int | None, *, complete: bool = True) -> list[PartSummary]:
         """Publish every shard that is whole, once the input's length is known; wait for all.
@@ -79,7 +105,7 @@ class PartWriter:
         if total_rows is not None:
             self._total_rows = total_rows
             for shard in sorted(self._open):
-                whole = len(self._open[shard]) == self._shard_size(shard)
+                whole = len(self._open[shard]) == self._shard_size(shard) and shard in self._digests
                 if whole:
                     self._start_publish(shard)
                 elif complete:
@@ -109,8 +135,9 @@ class PartWriter:
         name = part_name(shard)
         try:
             async with self._one_at_a_time:  # one at a time, so checkpoints follow publishing order
-                await asyncio.to_thread(self._write, records, name)
-                summary = summarize(name, shard, records)
+                digest = self._digests.get(shard)
+                await asyncio.to_thread(self._write, records, name, digest)
+                summary = summarize(name, shard, records, digest)
                 self.parts.append(summary)
                 log.info("part_published", part=name, rows=summary.rows, **summary.by_status)
                 if self._on_published is not None:
@@ -119,11 +146,16 @@ class PartWriter:
             self._failure = self._failure or exc
             raise
 
-    def _write(self, records: list[dict[str, Any]], name: str) -> None:
+    def _write(self, records: list[dict[str, Any]], name: str, digest: str | None) -> None:
         fd, tmp = tempfile.mkstemp(suffix=".parquet")
         os.close(fd)
+        table = output_table(records)
+        meta = {META_JOB_HASH: self._job_hash.encode(), META_SHARD_ROWS: str(self._shard_rows).encode()}
+        if digest is not None:
+            meta[META_INPUT_DIGEST] = digest.encode()
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
         try:
-            pq.write_table(output_table(records), tmp, compression="zstd")
+            pq.write_table(table, tmp, compression="zstd")
             self._storage.publish(tmp, self._storage.join(self._folder, name))
         finally:
             os.unlink(tmp)
@@ -143,7 +175,7 @@ def part_shard(name: str) -> int | None:
 _PART = re.compile(r"part-(\d{6,})\.parquet")
 
 
-def summarize(name: str, shard: int, records: list[dict[str, Any]]) -> PartSummary:
+def summarize(name: str, shard: int, records: list[dict[str, Any]], input_digest: str | None = None) -> PartSummary:
     """Totals of one part's records."""
     statuses = Counter(r["status"] for r in records)
     by_model: dict[str, float] = {}
@@ -159,4 +191,17 @@ def summarize(name: str, shard: int, records: list[dict[str, Any]]) -> PartSumma
         completion_tokens=sum(r["completion_tokens"] or 0 for r in records),
         cost_usd=sum(r["cost_usd"] or 0.0 for r in records),
         cost_by_model=dict(by_model),
+        input_digest=input_digest,
     )
+
+
+def drop_parts_beyond(storage: Storage, folder: str, total_rows: int, shard_rows: int) -> list[str]:
+    """Delete the parts of shards past the input's end (it got shorter); their names."""
+    shards = -(-total_rows // shard_rows)
+    gone = [name for name in storage.list_names(folder) if (part_shard(name) or 0) >= shards
+            and part_shard(name) is not None]
+    for name in gone:
+        storage.delete(storage.join(folder, name))
+    if gone:
+        log.info("parts_dropped", parts=gone, reason="the input has fewer rows than before")
+    return gone

@@ -5,8 +5,9 @@ they measure the same code path users run.
 
 Every finished row goes to the journal (durable at once) and to its shard's part
 (published when the shard is whole). Rows an earlier run finished are not sent again:
-those in kept parts are skipped while reading, those in the journal (or in parts being
-published anew for ``--retry-errors``) go straight back to the part writer.
+those in kept parts are skipped while reading; any other row whose identity (id and
+request digest) has an earlier answer in the pool (``flows.resume``) takes it and goes
+straight back to the part writer.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from typing import Any
 
 import structlog
 
-from flows.inputs import Reading, iter_items, stream
+from flows.inputs import Reading, ShardRead, iter_items, stream
 from flows.journal import Journal
 from flows.logs import register_secret
-from flows.parts import PartSummary, PartWriter
-from flows.resume import Progress
+from flows.parts import PartSummary, PartWriter, summarize
+from flows.resume import Earlier
 from flows.storage import storage_for
 from schemas import OUTPUT_SCHEMA, BadRowError, EndpointSpec, JobSpec, Price, PromptRow
 from workers import EndpointClient, Engine, Lane, Outcome, Quota, RetryPolicy, Spend, Tally, TokenCounter
@@ -97,6 +98,12 @@ class Execution:
     engine: Engine
     reading: Reading
     resumed_rows: int = 0
+    #: Rows that took an earlier answer from the pool (counted in ``resumed_rows`` too).
+    reused_rows: int = 0
+    #: Earlier answers no input row claimed (their rows left the input): dropped when complete.
+    dropped_rows: int = 0
+    #: Rows finished but not yet in a published part (they are in the journal).
+    pending: PartSummary | None = None
     bad_input: list[str] = field(default_factory=list)
     bad_input_rows: int = 0
     #: ``(i, n)`` when this run does one slice of the job's shards (rows counted are its own).
@@ -119,7 +126,10 @@ class Execution:
     @property
     def done_rows(self) -> int:
         """Rows the output holds, from every run."""
-        return self.resumed_rows + self.tally.rows
+        return self.resumed_rows + self.tally.rows + self.unplaced_rows
+
+    #: Earlier answers not placed yet (a run stopped before its reading got to their rows).
+    unplaced_rows: int = 0
 
 
 async def api_key(endpoint: EndpointSpec) -> str:
@@ -156,7 +166,7 @@ def lane_for(endpoint: EndpointSpec, key: str, price: Price | None = None, credi
 
 
 async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_LOOKAHEAD,
-                  progress: Progress | None = None, checkpoint: Checkpoint | None = None,
+                  progress: Earlier | None = None, checkpoint: Checkpoint | None = None,
                   handle_signals: bool = True, part: tuple[int, int] | None = None,
                   credits: Sequence[Credit] | None = None, listeners: Sequence[Listener] = (),
                   rows_total: int | None = None) -> Execution:
@@ -170,7 +180,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     the budget left is split n ways). ``listeners`` get a ``Snapshot`` every few seconds;
     ``rows_total`` is the input's length when known beforehand.
     """
-    progress = progress or Progress(spec.shard_rows)
+    progress = progress or Earlier(spec.shard_rows)
     keys = [await api_key(e) for e in spec.all_endpoints]
     shared = list(credits) if credits is not None else [None] * len(spec.all_endpoints)
     lanes = [lane_for(e, key, spec.price(e.model), credit)
@@ -182,7 +192,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     engine = Engine(lanes, RetryPolicy(max_attempts=spec.max_attempts), lookahead=lookahead, spend=spend,
                     grace_s=spec.stop_grace_s)
     out = storage_for(spec.output)
-    journal = Journal(out, spec.output, progress.shard_rows)
+    journal = Journal(out, spec.output, progress.shard_rows, job_hash=spec.job_hash())
     journal.adopt(progress.segments)
     parts = dict(progress.kept)
 
@@ -192,12 +202,8 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
         if checkpoint is not None:
             await checkpoint(list(parts.values()))
 
-    writer = PartWriter(out, spec.output, progress.shard_rows, on_published=published)
-    resumed = progress.rows
-    if part is not None:
-        index, count = part
-        resumed = (sum(p.rows for shard, p in progress.kept.items() if shard % count == index)
-                   + sum(1 for seq in progress.finished if (seq // progress.shard_rows) % count == index))
+    writer = PartWriter(out, spec.output, progress.shard_rows, on_published=published, job_hash=spec.job_hash())
+    resumed = sum(p.rows for shard, p in progress.kept.items() if part is None or shard % part[1] == part[0])
     execution = Execution([], engine.tally, engine, Reading(), resumed_rows=resumed, part=part,
                           shard_rows=progress.shard_rows)
 
@@ -210,23 +216,26 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
             if len(execution.bad_input) < BAD_INPUT_LISTED:
                 execution.bad_input.append(outcome.error.removeprefix("bad input: "))
 
-    async def remaining(items: AsyncIterator[PromptRow | BadRowError]) -> AsyncIterator[PromptRow | BadRowError]:
+    async def remaining(items: AsyncIterator[Any]) -> AsyncIterator[PromptRow | BadRowError]:
         async for item in items:
-            done = progress.finished.pop(item.seq, None)
-            if done is None:
+            if isinstance(item, ShardRead):
+                writer.shard_read(item.shard, item.digest, item.rows)
+                continue
+            answer = progress.pool.take(item.id, item.digest) if isinstance(item, PromptRow) else None
+            if answer is None:
                 yield item
                 continue
-            record, whole = done
-            if not whole and isinstance(item, PromptRow):
-                record = {**record, **item.passthrough}
-            writer.add(item.seq, record)
+            execution.reused_rows += 1
+            execution.resumed_rows += 1
+            writer.add(item.seq, {**answer, **item.passthrough})
 
     skip = progress.done_shard
     if part is not None:
         index, count = part
         shard_rows = progress.shard_rows
         skip = lambda seq: (seq // shard_rows) % count != index or progress.done_shard(seq)  # noqa: E731
-    batches = iter_items(spec, storage_for(spec.input), files, skip=skip, reading=execution.reading)
+    batches = iter_items(spec, storage_for(spec.input), files, skip=skip, reading=execution.reading,
+                         shard_rows=progress.shard_rows)
     journal.start()
     restore = _on_signals(engine) if handle_signals else None
     started = time.monotonic()
@@ -258,6 +267,13 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
         average = sum(lane.quota.ledger.total_tokens for lane in lanes) * 60 / elapsed if elapsed > 0 else 0.0
         await _tell(listeners, _snapshot(execution, spend, spec, rows_total, elapsed, average))
     execution.parts = sorted(parts.values(), key=lambda p: p.shard)
+    if finished:
+        execution.dropped_rows = progress.pool.size
+    else:
+        held = writer.open_records()
+        execution.unplaced_rows = progress.pool.size if part is None else 0
+        waiting = held + (progress.pool.records() if part is None else [])
+        execution.pending = summarize("_journal", -1, waiting) if waiting else None
     if engine.stopped is not None:
         log.warning("stopped", reason=engine.stopped, rows_done=execution.done_rows,
                     input_rows=execution.reading.rows, abandoned_in_flight=engine.abandoned)

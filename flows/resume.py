@@ -1,42 +1,107 @@
 """What an earlier run of the same job left in the output folder, and what is still to do.
 
-Row ``seq`` belongs to shard ``seq // shard_rows``. A published part holds its whole
-shard, sorted, so its i-th row is row ``shard * shard_rows + i``. The journal holds the
-rows finished in shards that were not published yet. Together they say which rows are
-done; only the rest are sent again.
+A row is known by its identity — its ``id`` and the digest of its request (messages
+and parameters, ``schemas.request_digest``) — never by its line number. A re-run keeps:
 
-``--retry-errors`` also sends again the rows that ended in ``error``: parts holding such
-rows are read back and published anew with the new outcomes.
+- every published part whose shard's input is unchanged (the digest of its input rows,
+  kept in the part, equals the shard's digest now): its rows are neither read again
+  nor sent. When the input files' fingerprints (size and mtime, or ETag) are those the
+  manifest recorded, every part is unchanged without reading the input; otherwise the
+  input is read once, hashed, to find the shards that changed;
+- every other earlier answer, in an ``AnswerPool``: the journal's rows, and the rows of
+  parts that cannot stay as they are (first copied into the journal, ``retire``, so
+  they stay durable while the new layout overwrites their part). An input row whose
+  identity is in the pool takes its answer from there (with the row's passthrough
+  columns as they are now); any other row is sent.
+
+So an appended, inserted, deleted or edited row is sent (or its old answer dropped),
+and every kept answer belongs to its own prompt. ``--retry-errors`` leaves the answers
+that ended in ``error`` out of the pool (their rows are sent again); a part holding
+errors is rebuilt whenever the journal holds rows (they may be retries of them).
+
+Reading the pool costs memory in proportion to the rows being reconciled (their
+answers), not to the input: an unchanged input reads only the journal.
 """
 
 from __future__ import annotations
 
 import io
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.parquet as pq
 import structlog
 
-from flows.journal import journal_segments, read_journal
-from flows.parts import PartSummary, part_name, part_shard, summarize
+from flows.inputs import shard_digests
+from flows.journal import journal_segments, read_journal, retire
+from flows.parts import META_INPUT_DIGEST, PartSummary, part_name, part_shard, summarize
 from flows.storage import Storage
+from schemas import OUTPUT_SCHEMA, STATUSES
 
 log = structlog.get_logger(__name__)
 
+Key = tuple[str, str]
+
+
+class AnswerPool:
+    """Earlier answers by row identity; identical rows (same id, same request) share a key."""
+
+    def __init__(self, *, retry_errors: bool = False):
+        self._retry_errors = retry_errors
+        self._by_key: dict[Key, list[dict[str, Any]]] = {}
+        self.size = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Keep one earlier answer (our columns only); rows without an identity are never reused."""
+        row_id, digest = record.get("id"), record.get("request_digest")
+        if row_id is None or digest is None:
+            return
+        if self._retry_errors and record.get("status") == "error":
+            return
+        answers = self._by_key.setdefault((row_id, digest), [])
+        answers.append({name: record.get(name) for name in OUTPUT_SCHEMA.names})
+        self.size += 1
+
+    def take(self, row_id: str, digest: str) -> dict[str, Any] | None:
+        """An answer for this identity, a final one (``ok``/``filtered``) before an ``error``; ``None``."""
+        answers = self._by_key.get((row_id, digest))
+        if not answers:
+            return None
+        best = next((i for i, a in enumerate(answers) if a["status"] != "error"), 0)
+        answer = answers.pop(best)
+        self.size -= 1
+        if not answers:
+            del self._by_key[(row_id, digest)]
+        return answer
+
+    def records(self) -> list[dict[str, Any]]:
+        """The answers still in the pool."""
+        return [a for answers in self._by_key.values() for a in answers]
+
+    @property
+    def cost_usd(self) -> float:
+        """What the answers in the pool cost (paid already)."""
+        return sum(a.get("cost_usd") or 0.0 for answers in self._by_key.values() for a in answers)
+
+    def by_status(self) -> dict[str, int]:
+        counts = Counter(a["status"] for answers in self._by_key.values() for a in answers)
+        return {s: counts.get(s, 0) for s in STATUSES}
+
 
 @dataclass
-class Progress:
-    """The rows an output folder already holds."""
+class Earlier:
+    """What an output folder already holds for this job."""
 
     shard_rows: int
     #: Parts that stay as they are: their rows are not read again.
     kept: dict[int, PartSummary] = field(default_factory=dict)
-    #: Finished rows to hand to the part writer again: seq → record (our columns, and the
-    #: passed-through ones when ``whole``).
-    finished: dict[int, tuple[dict[str, Any], bool]] = field(default_factory=dict)
-    #: Journal segments found → the shards they hold rows of.
-    segments: dict[str, set[int]] = field(default_factory=dict)
+    #: Earlier answers for the rows of every other shard.
+    pool: AnswerPool = field(default_factory=AnswerPool)
+    #: Journal segments found (deleted once the job is complete).
+    segments: list[str] = field(default_factory=list)
+    #: Parts found that are not kept: rebuilt by this run, or deleted when the input got shorter.
+    rebuilt: list[int] = field(default_factory=list)
 
     def done_shard(self, seq: int) -> bool:
         """Whether row ``seq`` sits in a part that is kept (nothing to read or send)."""
@@ -44,20 +109,50 @@ class Progress:
 
     @property
     def spent_usd(self) -> float:
-        """What the rows already done cost."""
-        return (sum(p.cost_usd for p in self.kept.values())
-                + sum(r.get("cost_usd") or 0.0 for r, _ in self.finished.values()))
+        """What the rows already done cost (every earlier answer, whether still needed or not)."""
+        return sum(p.cost_usd for p in self.kept.values()) + self.pool.cost_usd
 
     @property
     def rows(self) -> int:
-        """How many rows are already done."""
-        return sum(p.rows for p in self.kept.values()) + len(self.finished)
+        """How many rows are already done (kept parts, and answers waiting to be placed)."""
+        return sum(p.rows for p in self.kept.values()) + self.pool.size
 
 
-def read_progress(storage: Storage, output: str, shard_rows: int, manifest: dict[str, Any] | None, *,
-                  retry_errors: bool) -> Progress:
-    """Read the parts' summaries and the journal; see the module docstring."""
-    progress = Progress(shard_rows)
+def read_earlier(storage: Storage, output: str, shard_rows: int, manifest: dict[str, Any] | None, *,
+                 files: list[str], inputs_unchanged: bool, job_hash: str, retry_errors: bool) -> Earlier:
+    """Read the parts' summaries and the journal; decide what is kept (see the module docstring)."""
+    earlier = Earlier(shard_rows, pool=AnswerPool(retry_errors=retry_errors))
+    published = published_parts(storage, output, manifest)
+    earlier.segments = journal_segments(storage, output)
+    now: list[str] | None = None
+    if published and not inputs_unchanged:
+        now = shard_digests(storage, files, shard_rows)
+    for shard, summary in sorted(published.items()):
+        current = summary.input_digest if now is None else (now[shard] if shard < len(now) else None)
+        same_input = summary.input_digest is not None and summary.input_digest == current
+        errors = summary.by_status.get("error", 0) > 0
+        if same_input and not (errors and (retry_errors or earlier.segments)):
+            earlier.kept[shard] = summary
+            continue
+        earlier.rebuilt.append(shard)
+        records = part_records(storage, output, shard)
+        ours = [{name: r.get(name) for name in OUTPUT_SCHEMA.names} for r in records]
+        name = retire(storage, output, job_hash, shard, summary.input_digest or "unknown", ours)
+        if name not in earlier.segments:
+            earlier.segments.append(name)
+    for name in earlier.segments:
+        for record in read_journal(storage, output, name):
+            record.pop("seq", None)
+            earlier.pool.add(record)
+    if published or earlier.segments:
+        log.info("resuming", parts_kept=len(earlier.kept), parts_rebuilt=len(earlier.rebuilt),
+                 answers_to_place=earlier.pool.size, journal_segments=len(earlier.segments),
+                 retry_errors=retry_errors, input_read_for_changes=now is not None)
+    return earlier
+
+
+def published_parts(storage: Storage, output: str, manifest: dict[str, Any] | None) -> dict[int, PartSummary]:
+    """Every part in the folder by shard, summarized from the manifest or, failing that, the part."""
     listed = {p["name"]: p for p in (manifest or {}).get("parts", [])}
     published: dict[int, PartSummary] = {}
     for name in storage.list_names(output):
@@ -67,41 +162,17 @@ def read_progress(storage: Storage, output: str, shard_rows: int, manifest: dict
         if name in listed:
             published[shard] = PartSummary(**listed[name])
         else:  # published after the manifest was last written: count it from the part itself
-            published[shard] = summarize(name, shard, _part_records(storage, output, shard))
-
-    journaled: dict[int, dict[str, Any]] = {}
-    for name in journal_segments(storage, output):
-        shards = progress.segments.setdefault(name, set())
-        for record in read_journal(storage, output, name):
-            seq = record.pop("seq")
-            shards.add(seq // shard_rows)
-            journaled[seq] = record  # a later line for the same row wins
-
-    journaled_shards = {seq // shard_rows for seq in journaled}
-    for shard, summary in sorted(published.items()):
-        has_errors = summary.by_status.get("error", 0) > 0
-        newer = has_errors and shard in journaled_shards
-        if not (has_errors and (retry_errors or newer)):
-            progress.kept[shard] = summary
-            continue
-        # Published again with its retried rows: keep the part's other rows, the journal's newer ones.
-        for i, record in enumerate(_part_records(storage, output, shard)):
-            seq = shard * shard_rows + i
-            if seq not in journaled and not (retry_errors and record["status"] == "error"):
-                progress.finished[seq] = (record, True)
-    for seq, record in journaled.items():
-        if seq // shard_rows in progress.kept:
-            continue
-        if retry_errors and record["status"] == "error":
-            continue
-        progress.finished[seq] = (record, False)
-    if progress.kept or progress.finished:
-        log.info("resuming", parts_kept=len(progress.kept), rows_done=progress.rows,
-                 journal_segments=len(progress.segments), retry_errors=retry_errors)
-    return progress
+            table = _part_table(storage, output, shard)
+            digest = (table.schema.metadata or {}).get(META_INPUT_DIGEST)
+            published[shard] = summarize(name, shard, table.to_pylist(), digest.decode() if digest else None)
+    return published
 
 
-def _part_records(storage: Storage, output: str, shard: int) -> list[dict[str, Any]]:
-    table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, part_name(shard)))))
-    records: list[dict[str, Any]] = table.to_pylist()
+def part_records(storage: Storage, output: str, shard: int) -> list[dict[str, Any]]:
+    """A published part's rows."""
+    records: list[dict[str, Any]] = _part_table(storage, output, shard).to_pylist()
     return records
+
+
+def _part_table(storage: Storage, output: str, shard: int) -> Any:
+    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, part_name(shard)))))

@@ -38,7 +38,7 @@ from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError, ServiceRequestError, ServiceResponseError
-from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
+from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
 
 from flows.logs import register_secret, secrets_of_connection_string
 
@@ -100,6 +100,10 @@ class Storage(Protocol):
 
     def delete(self, location: str) -> None:
         """Remove a file; a missing one is not an error."""
+        ...
+
+    def fingerprint(self, location: str) -> dict[str, Any]:
+        """What identifies a file's content without reading it (size, and mtime or ETag)."""
         ...
 
 
@@ -174,6 +178,10 @@ class LocalStorage:
         if os.path.basename(folder).startswith("_"):  # our own bookkeeping folder (the journal's), once empty
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
+
+    def fingerprint(self, location: str) -> dict[str, Any]:
+        st = os.stat(location)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
     @contextmanager
     def _staged(self, location: str) -> Iterator[IO[bytes]]:
@@ -266,7 +274,7 @@ class BlobStorage:
         container, path = self._split(pattern)
         wild = any(c in path for c in "*?[")
         prefix = path.split("*")[0].split("?")[0].split("[")[0] if wild else path
-        with _translated(pattern):
+        with translated(pattern):
             names = [b.name for b in container.list_blobs(name_starts_with=prefix)]
         if wild:
             chosen = [n for n in names if fnmatch.fnmatchcase(n, path)]
@@ -282,17 +290,17 @@ class BlobStorage:
 
     def exists(self, location: str) -> bool:
         container, path = self._split(location)
-        with _translated(location):
+        with translated(location):
             return container.get_blob_client(path).exists()
 
     def read_bytes(self, location: str) -> bytes:
         container, path = self._split(location)
-        with _translated(location):
+        with translated(location):
             return container.download_blob(path).readall()
 
     def iter_bytes(self, location: str) -> Iterator[bytes]:
         container, path = self._split(location)
-        with _translated(location):
+        with translated(location):
             yield from container.download_blob(path).chunks()
 
     @contextmanager
@@ -305,19 +313,23 @@ class BlobStorage:
 
     def write_bytes(self, location: str, data: bytes) -> None:
         container, path = self._split(location)
-        with _translated(location):
+        with translated(location):
             container.upload_blob(path, data, overwrite=True)
 
     def publish(self, local_path: str, location: str) -> None:
         container, path = self._split(location)
-        with _translated(location), open(local_path, "rb") as f:
+        with translated(location), open(local_path, "rb") as f:
             container.upload_blob(path, f, overwrite=True)
 
+    def blob_client(self, location: str) -> BlobClient:
+        """The SDK's client for one blob (for leases); wrap its calls in ``translated(location)``."""
+        container, path = self._split(location)
+        return container.get_blob_client(path)
 
     def append(self, location: str, data: bytes) -> None:
         container, path = self._split(location)
         blob = container.get_blob_client(path)
-        with _translated(location):
+        with translated(location):
             if location not in self._appendable:
                 if not blob.exists():
                     blob.create_append_blob()
@@ -327,18 +339,30 @@ class BlobStorage:
     def list_names(self, folder: str) -> list[str]:
         container, path = self._split(folder)
         prefix = path.rstrip("/") + "/" if path else ""
-        with _translated(folder):
+        with translated(folder):
             return sorted(b.name[len(prefix):] for b in container.list_blobs(name_starts_with=prefix))
 
     def delete(self, location: str) -> None:
         container, path = self._split(location)
         try:
-            with _translated(location):
+            with translated(location):
                 container.delete_blob(path)
         except StorageError as exc:
             if not isinstance(exc.__cause__, ResourceNotFoundError):
                 raise
         self._appendable.discard(location)
+
+    def fingerprint(self, location: str) -> dict[str, Any]:
+        container, path = self._split(location)
+        with translated(location):
+            props = container.get_blob_client(path).get_blob_properties()
+        found: dict[str, Any] = {"size": props.size, "etag": str(props.etag).strip('"')}
+        if props.last_modified is not None:
+            found["last_modified"] = props.last_modified.isoformat()
+        md5 = props.content_settings.content_md5 if props.content_settings else None
+        if md5:
+            found["content_md5"] = bytes(md5).hex()
+        return found
 
 
 def _client_options() -> dict[str, Any]:
@@ -369,7 +393,7 @@ def _join_with_query(folder: str, name: str) -> str:
 
 
 @contextmanager
-def _translated(location: str) -> Iterator[None]:
+def translated(location: str) -> Iterator[None]:
     """Azure SDK errors become one ``StorageError`` naming the location (never its SAS)."""
     try:
         yield

@@ -3,6 +3,7 @@
 Pure definitions, no I/O; ``flows`` and ``workers`` build on these.
 """
 
+from schemas.dates import placeholders, pointer_folder, resolve
 from schemas.job import (
     AZURE_INFERENCE_API_VERSION,
     DEFAULT_MAX_TOKENS,
@@ -16,7 +17,7 @@ from schemas.job import (
 )
 from schemas.models import PRICES_AS_OF, ModelInfo, Price, TokenizerName, known_models, model_info
 from schemas.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA, STATUSES, Status, output_table, passthrough_name
-from schemas.rows import BadRowError, PromptRow, build_row, derive_id
+from schemas.rows import BadRowError, PromptRow, build_row, derive_id, request_digest
 
 __all__ = [
     "AZURE_INFERENCE_API_VERSION",
@@ -44,4 +45,8 @@ __all__ = [
     "output_table",
     "parse_job",
     "passthrough_name",
+    "placeholders",
+    "pointer_folder",
+    "request_digest",
+    "resolve",
 ]

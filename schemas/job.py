@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import date
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from schemas.dates import placeholders, resolve
 from schemas.models import Price, model_info
 
 DEFAULT_MAX_TOKENS = 1024
@@ -116,6 +118,12 @@ class JobSpec(_Frozen):
     max_attempts: int = Field(6, ge=1, le=20)
     stop_grace_s: float = Field(20.0, ge=0, le=600)
 
+    @field_validator("input", "output")
+    @classmethod
+    def _known_placeholders(cls, value: str) -> str:
+        placeholders(value)  # raises, naming the one it does not know
+        return value
+
     @field_validator("prices")
     @classmethod
     def _priced_models_known(cls, value: dict[str, PriceOverride]) -> dict[str, PriceOverride]:
@@ -152,15 +160,27 @@ class JobSpec(_Frozen):
     ) -> JobSpec:
         """A copy with the CLI's ``--input``, ``--output`` and ``--endpoint-url`` applied."""
         update: dict[str, Any] = {}
-        if input:
-            update["input"] = input
-        if output:
-            update["output"] = output
+        for flag, value in (("--input", input), ("--output", output)):
+            if value:
+                try:
+                    placeholders(value)
+                except ValueError as exc:
+                    raise JobFileError(f"{flag}: {exc}") from None
+                update[flag.removeprefix("--")] = value
         if endpoint_url:
             if self.endpoint is None:
                 raise JobFileError("--endpoint-url needs a job with a single `endpoint`")
             update["endpoint"] = self.endpoint.model_copy(update={"url": endpoint_url.rstrip("/")})
         return self.model_copy(update=update)
+
+    @property
+    def dated(self) -> bool:
+        """Whether ``input`` or ``output`` names the run's date (``{date}``)."""
+        return bool(placeholders(self.input) or placeholders(self.output))
+
+    def on_date(self, day: date) -> JobSpec:
+        """A copy with the placeholders of ``input`` and ``output`` filled in from ``day``."""
+        return self.model_copy(update={"input": resolve(self.input, day), "output": resolve(self.output, day)})
 
     def job_hash(self) -> str:
         """A digest of everything that changes what a row's completion is.

@@ -36,6 +36,7 @@ OUTPUT_SCHEMA: Final = pa.schema(
         ("latency_ms", pa.float64()),
         ("attempts", pa.int32()),
         ("error", pa.string()),
+        ("request_digest", pa.string()),
     ]
 )
 OUTPUT_COLUMNS: Final = frozenset(OUTPUT_SCHEMA.names)

@@ -42,7 +42,9 @@ class PromptRow:
     """One validated request-to-be, with what the output row needs to carry along.
 
     ``seq`` numbers the rows of a job's whole input from 0 and decides the output part;
-    ``where`` names the row for people (``news/a.jsonl line 12``).
+    ``where`` names the row for people (``news/a.jsonl line 12``). ``digest`` stands for
+    the request itself (its messages and parameters): with ``id`` it is the row's
+    identity when a re-run decides which earlier answers still belong to which rows.
     """
 
     seq: int
@@ -51,6 +53,7 @@ class PromptRow:
     messages: tuple[dict[str, str], ...]
     params: Params
     passthrough: Mapping[str, Any]
+    digest: str = ""
 
 
 def build_row(record: Mapping[str, Any], seq: int, where: str, prompt: PromptSpec, params: Params) -> PromptRow:
@@ -77,6 +80,7 @@ def build_row(record: Mapping[str, Any], seq: int, where: str, prompt: PromptSpe
         messages=messages,
         params=row_params,
         passthrough=passthrough,
+        digest=request_digest(messages, row_params),
     )
 
 
@@ -84,6 +88,16 @@ def derive_id(messages: tuple[dict[str, str], ...], params: Params) -> str:
     """A stable id from a row's content, for prompt sets that carry none."""
     blob = json.dumps([list(messages), params.model_dump(exclude_defaults=True)], sort_keys=True)
     return "sha-" + hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def request_digest(messages: tuple[dict[str, str], ...], params: Params) -> str:
+    """A digest of what is sent for a row (messages and every parameter): equal digests, equal requests.
+
+    The model and the job's own settings are covered by the job's hash; this covers what
+    differs from row to row. 128 bits: no two different requests of a job share one.
+    """
+    blob = json.dumps([list(messages), params.model_dump(mode="json")], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 def _messages(value: Any, where: str, prompt: PromptSpec) -> tuple[dict[str, str], ...]:

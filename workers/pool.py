@@ -54,6 +54,8 @@ class Outcome:
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: The request's digest (``PromptRow.digest``); ``None`` for a row that could not be built.
+    digest: str | None = None
 
     def record(self, price: Price | None) -> dict[str, Any]:
         """The output row: our columns, then the passed-through ones."""
@@ -74,6 +76,7 @@ class Outcome:
             "latency_ms": self.latency_ms,
             "attempts": self.attempts,
             "error": self.error,
+            "request_digest": self.digest,
             **self.passthrough,
         }
 
@@ -406,7 +409,8 @@ class Engine:
         """The row's outcome-to-be and its quota charge, or a final outcome and ``None``."""
         if isinstance(item, BadRowError):
             return Outcome(item.seq, item.row_id, "error", error=f"bad input: {item}"), None
-        outcome = Outcome(item.seq, item.id, "error", passthrough=dict(item.passthrough), model=lane.model)
+        outcome = Outcome(item.seq, item.id, "error", passthrough=dict(item.passthrough), model=lane.model,
+                          digest=item.digest)
         try:
             prompt_tokens = lane.counter.prompt_tokens(item.messages)
         except TokenizeError as exc:

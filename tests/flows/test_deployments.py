@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import random
@@ -17,7 +18,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import ROOT, SimulatorProcess, free_port
+from tests.conftest import ROOT, Azurite, SimulatorProcess, free_port, start_azurite
+from workers.simulator import prompt_digest
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +34,33 @@ def _prefect(env: dict[str, str], *args: str, timeout: float = 180) -> str:
     return done.stdout
 
 
-@pytest.fixture
-def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """``prefect server start`` on 127.0.0.1 with its own home; yields the environment that points at it."""
+@pytest.fixture(scope="module")
+def own_azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """An Azurite of this module's own: the nightly job's containers are named in the repo's job file."""
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+    instance = Azurite(port, start_azurite(port, str(tmp_path_factory.mktemp("azurite"))))
+    try:
+        yield instance
+    finally:
+        instance.process.terminate()
+        instance.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory, own_azurite: Azurite) -> Iterator[dict[str, str]]:
+    """``prefect server start`` on 127.0.0.1 with its own home; yields the environment that points at it.
+
+    Blob locations (``az://``) in that environment are Azurite's.
+    """
+    azurite = own_azurite
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home / "prefect-home"),
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_WORKER_QUERY_SECONDS": "2",
-           "PROMPTBATCH_HOME": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-    log = (tmp_path / "server.log").open("wb")
+           "PROMPTBATCH_HOME": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+           "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "TEST_SIM_KEY": "k"}
+    env.pop("AZURE_STORAGE_ACCOUNT_URL", None)
+    log = (home / "server.log").open("wb")
     server = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 150
@@ -50,7 +71,7 @@ def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
                     break
         except OSError:
             pass
-        assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+        assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
         time.sleep(0.5)
     try:
         yield env
@@ -62,9 +83,34 @@ def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
             server.kill()
 
 
-def test_two_workers_share_one_quota(prefect_server: dict[str, str], simulator: Callable[..., SimulatorProcess],
+@pytest.fixture(scope="module")
+def deployed(prefect_server: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The repo's ``prefect.yaml`` deployed, and two process workers (w1, w2) of one flow run each."""
+    env = prefect_server
+    logs = tmp_path_factory.mktemp("workers")
+    _prefect(env, "work-pool", "create", "promptbatch", "--type", "process")
+    _prefect(env, "--no-prompt", "deploy", "--all")
+    workers = []
+    for name in ("w1", "w2"):
+        log = (logs / f"{name}.log").open("wb")
+        workers.append(subprocess.Popen([*PREFECT, "worker", "start", "--pool", "promptbatch", "--name", name,
+                                         "--limit", "1"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True))
+    try:
+        yield {**env, "WORKER_LOGS": str(logs)}
+    finally:
+        for worker in workers:
+            worker.send_signal(2)  # a Prefect worker stops on SIGINT
+        for worker in workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def test_two_workers_share_one_quota(deployed: dict[str, str], simulator: Callable[..., SimulatorProcess],
                                      tmp_path: Path) -> None:
-    env = {**prefect_server, "TEST_SIM_KEY": "k"}
+    env = deployed
     sim = simulator("--tokens-per-minute", "200000", "--requests-per-minute", "1000", "--window", "10",
                     "--latency", "0.2", "--api-key", "k")
     rng = random.Random(5)
@@ -76,26 +122,9 @@ def test_two_workers_share_one_quota(prefect_server: dict[str, str], simulator: 
                         "tokens_per_minute": 200_000, "requests_per_minute": 1_000},
            "prompt": {"template": "Translate to Italian: {text}"}, "params": {"max_tokens": 250}}
 
-    _prefect(env, "work-pool", "create", "promptbatch", "--type", "process")
-    _prefect(env, "--no-prompt", "deploy", "--all")
-    workers = []
-    for name in ("w1", "w2"):
-        log = (tmp_path / f"{name}.log").open("wb")
-        workers.append(subprocess.Popen([*PREFECT, "worker", "start", "--pool", "promptbatch", "--name", name,
-                                         "--limit", "1"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True))
-    try:
-        out = _prefect(env, "deployment", "run", "promptbatch-run/labeling", "--params",
-                       json.dumps({"job": job, "workers": 2}), "--watch", "--watch-timeout", "400", timeout=420)
-    finally:
-        for worker in workers:
-            worker.send_signal(2)  # a Prefect worker stops on SIGINT
-        for worker in workers:
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-    assert "Completed" in out, out[-2000:] + (tmp_path / "w1.log").read_text(errors="replace")[-3000:]
+    out = _prefect(env, "deployment", "run", "promptbatch-run/labeling", "--params",
+                   json.dumps({"job": job, "workers": 2}), "--watch", "--watch-timeout", "400", timeout=420)
+    assert "Completed" in out, out[-2000:] + _worker_logs(env)
 
     rows = pq.read_table(tmp_path / "out").to_pylist()
     assert sorted(r["id"] for r in rows) == sorted(f"r{i}" for i in range(ROWS))  # complete, each row once
@@ -135,3 +164,71 @@ async def _artifacts(api_url: str) -> list[dict[str, Any]]:
     async with PrefectClient(api=api_url) as client:
         found = await client.read_artifacts()
     return [a.model_dump(mode="json") for a in found]
+
+
+def _worker_logs(env: dict[str, str]) -> str:
+    return "".join(p.read_text(errors="replace")[-3000:] for p in sorted(Path(env["WORKER_LOGS"]).glob("*.log")))
+
+
+def test_nightly_deployment_on_two_scheduled_dates(deployed: dict[str, str],
+                                                   simulator: Callable[..., SimulatorProcess]) -> None:
+    """The nightly deployment, scheduled for two nights: each night's prompts in its own dated output."""
+    from azure.storage.blob import BlobServiceClient
+
+    env = deployed
+    sim = simulator("--latency", "0.01", "--api-key", "nightly-key-77")
+    service = BlobServiceClient.from_connection_string(env["AZURE_STORAGE_CONNECTION_STRING"])
+    for name in ("prompts", "completions"):
+        service.create_container(name)
+    nights = {"2026-11-23": [f"Night one: story {i} about the harbour" for i in range(12)],
+              "2026-11-24": [f"Night two: story {i} about the council" for i in range(17)]}
+    for day, texts in nights.items():
+        body = "".join(json.dumps({"id": f"n{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+        service.get_blob_client("prompts", f"news/{day}/a.jsonl").upload_blob(body.encode())
+
+    # The job reads its key from the Prefect Secret block `mistral-large-key`, stored once on the server.
+    subprocess.run([sys.executable, "-c", "from prefect.blocks.system import Secret; "
+                    "Secret(value='nightly-key-77').save('mistral-large-key', overwrite=True)"],
+                   env=env, check=True, timeout=120)
+    states = asyncio.run(_run_nights(env["PREFECT_API_URL"], sim.url))
+    assert all(s == "COMPLETED" for s in states), f"{states} {_worker_logs(env)}"
+
+    completions = service.get_container_client("completions")
+    for day, texts in nights.items():
+        manifest = json.loads(completions.download_blob(f"news/{day}/_manifest.json").readall())
+        assert manifest["status"] == "complete" and manifest["date"] == day
+        rows = [r for blob in completions.list_blobs(name_starts_with=f"news/{day}/part-")
+                for r in pq.read_table(io.BytesIO(completions.download_blob(blob.name).readall())).to_pylist()]
+        assert sorted(r["id"] for r in rows) == sorted(f"n{i}" for i in range(len(texts)))
+        system = "You are a helpful assistant that translates English to Italian."
+        for r in rows:  # each night's answers are that night's prompts'
+            text = texts[int(r["id"][1:])]
+            messages = [{"role": "system", "content": system},
+                        {"role": "user", "content": f"Translate to Italian: {text}"}]
+            assert r["completion"].startswith(f"[{prompt_digest(messages)}]"), (day, r["id"])
+    pointer = json.loads(completions.download_blob("news/latest.json").readall())
+    assert pointer["date"] == "2026-11-24" and pointer["output"] == "az://completions/news/2026-11-24/"
+    assert pointer["rows"]["ok"] == 17
+    assert sim.stats()["billed_requests"] == 29
+
+
+async def _run_nights(api_url: str, endpoint_url: str) -> list[str]:
+    """Two flow runs of the nightly deployment, scheduled for 00:30 in Rome (23:30 UTC the day before)."""
+    from datetime import UTC, datetime
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.states import Scheduled
+
+    async with PrefectClient(api=api_url) as client:
+        deployment = await client.read_deployment_by_name("promptbatch-run/nightly-translation")
+        ids = []
+        for when in (datetime(2026, 11, 22, 23, 30, tzinfo=UTC), datetime(2026, 11, 23, 23, 30, tzinfo=UTC)):
+            run = await client.create_flow_run_from_deployment(
+                deployment.id, parameters={"endpoint_url": endpoint_url}, state=Scheduled(scheduled_time=when))
+            ids.append(run.id)
+        deadline = time.monotonic() + 300
+        while True:
+            runs = [await client.read_flow_run(i) for i in ids]
+            if all(r.state is not None and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                return [r.state.type.value if r.state is not None else "NONE" for r in runs]
+            await asyncio.sleep(2)

@@ -46,7 +46,7 @@ class TestBlobStorage:
         data = ("\n".join(lines) + "\n").encode()
         store = storage_for("az://stream/p.jsonl")
         store.write_bytes("az://stream/p.jsonl", data)
-        records = list(iter_records(store, "az://stream/p.jsonl"))
+        records = [(where, record) for where, record, _ in iter_records(store, "az://stream/p.jsonl")]
         assert len(records) == 5_000
         where, bad = records[10]
         assert where == "az://stream/p.jsonl line 11" and isinstance(bad, BadRowError)
@@ -59,7 +59,7 @@ class TestBlobStorage:
         store = storage_for("az://pqt/in/p.parquet")
         store.publish(str(local), "az://pqt/in/p.parquet")
         assert store.exists("az://pqt/in/p.parquet") and not store.exists("az://pqt/in/q.parquet")
-        assert [r for _, r in iter_records(store, "az://pqt/in/p.parquet")] == [
+        assert [r for _, r, _ in iter_records(store, "az://pqt/in/p.parquet")] == [
             {"id": "a", "text": "x"}, {"id": "b", "text": "y"}]
 
     def test_account_url_form_and_missing_blob(self, blob_env: Azurite) -> None:

@@ -24,7 +24,8 @@ from prefect.cache_policies import NO_CACHE
 from flows.batch import list_inputs, load_spec
 from flows.inputs import Reading, iter_items
 from flows.logs import guard_stdlib_logs
-from flows.pipeline import api_key, lane_for
+from flows.pipeline import JobError, api_key, lane_for
+from flows.schedule import RunDateError, run_date
 from flows.storage import redact_location, storage_for
 from schemas import PRICES_AS_OF, BadRowError, JobSpec, PromptRow, model_info
 from workers import Engine, Outcome, RetryPolicy, TokenCounter, TokenizeError
@@ -166,17 +167,23 @@ def sample_ceiling_usd(spec: JobSpec, rows: list[PromptRow]) -> float:
 
 @flow(name="promptbatch-estimate")
 async def estimate_job(job: str | dict[str, Any], input: str | None = None, endpoint_url: str | None = None,
-                       sample: int = 0, completion_ratio: float | None = None, seed: int = 0) -> dict[str, Any]:
+                       sample: int = 0, completion_ratio: float | None = None, seed: int = 0,
+                       date: str | None = None) -> dict[str, Any]:
     """Estimate a job: exact prompt tokens, completion tokens and cost low/expected/high, duration.
 
     No request is sent unless ``sample`` > 0: then that many rows, drawn at random, are
     sent for real (and billed) to calibrate the completion figures. ``completion_ratio``
-    (completion tokens per prompt token) gives the expected figure instead.
+    (completion tokens per prompt token) gives the expected figure instead. ``date``: the
+    day a dated ``input`` names (default: as for a run, ``flows.schedule``).
     """
     guard_stdlib_logs()
     if sample < 0:
         raise ValueError("sample must be 0 or more")
-    spec = load_spec(job, input=input, endpoint_url=endpoint_url)
+    try:
+        day = await run_date(date)
+    except RunDateError as exc:
+        raise JobError(str(exc)) from None
+    spec = load_spec(job, input=input, endpoint_url=endpoint_url).on_date(day)
     files = list_inputs(spec)
     counting = count_prompts(spec, files, sample, seed, completion_ratio)
     fit = None

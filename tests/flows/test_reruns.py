@@ -291,3 +291,15 @@ def test_one_writer_per_output(tmp_path: Path, sim: SimulatorProcess, simulator:
     assert_each_answers_its_own_row(output(tmp_path / "out"), rows)
     # Only what was in flight when the holder died is sent twice: the rest resumed from the journal.
     assert sim.stats()["billed_requests"] <= 400 - billed + 10
+
+
+def test_estimate_of_a_dated_job_reads_that_day(tmp_path: Path, sim: SimulatorProcess) -> None:
+    for day, n in (("2026-11-23", 4), ("2026-11-24", 9)):
+        (tmp_path / day).mkdir()
+        write_jsonl(tmp_path / day / "p.jsonl", [row(i) for i in range(n)])
+    job = write_job(tmp_path, sim.url, str(tmp_path / "{date}" / "*.jsonl"), output=str(tmp_path / "o" / "{date}"))
+    result = CliRunner().invoke(main, ["estimate", str(job), "--json", "--date", "2026-11-24"])
+    assert result.exit_code == 0, result.output[-3000:]
+    report = json.loads(result.output[result.output.index("{\n"):])
+    assert report["rows"]["total"] == 9
+    assert sim.stats().get("billed_requests", 0) == 0

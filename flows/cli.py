@@ -82,6 +82,11 @@ def _print_summary(result: dict[str, Any]) -> None:
             click.echo(f"  … and {bad['rows'] - 5} more (the manifest lists the first {len(bad['first'])})")
     for name in result.get("empty_inputs", []):
         click.echo(f"empty input file: {name}")
+    for url, found in (result.get("quota_learned") or {}).items():
+        says = found["job_says"]
+        click.echo(f"quota:    {url} admits ≈ {found['tokens_per_minute']:,} tokens/min and "
+                   f"{found['requests_per_minute']:,} requests/min; the job says {says['tokens_per_minute']:,} "
+                   f"and {says['requests_per_minute']:,} (set them in the job file, or `quota: auto`)")
 
 
 @click.group()
@@ -196,9 +201,16 @@ def estimate(job_file: str, input_: str | None, endpoint_url: str | None, sample
 @click.option("--hang", "hang_s", default=600.0, show_default=True, help="Seconds a hung request stays open.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--revoke-after", type=int, help="Refuse the key (401) after this many completion requests.")
+@click.option("--metering", type=click.Choice(["sliding", "bucket", "fixed"]), default="sliding", show_default=True,
+              help="How the quota is metered: a sliding log, a token bucket of one window, clock-aligned windows.")
+@click.option("--headers", "header_mode", type=click.Choice(["window", "minute", "sentinel", "none"]),
+              default="window", show_default=True, help="What x-ratelimit-* headers count (sentinel: -1).")
+@click.option("--retry-after/--no-retry-after", default=True, show_default=True, help="Say how long a 429 lasts.")
+@click.option("--foreign-share", default=0.0, show_default=True, help="Another tenant's share of the quota.")
 def simulate(host: str, port: int, model: str, api_key: str | None, tokens_per_minute: int,
              requests_per_minute: int, window_s: float, latency_s: float, per_token_s: float, logprobs: str,
-             faults: str, hang_s: float, seed: int, revoke_after: int | None) -> None:
+             faults: str, hang_s: float, seed: int, revoke_after: int | None, metering: str, header_mode: str,
+             retry_after: bool, foreign_share: float) -> None:
     """Serve an Azure serverless Mistral lookalike on HOST:PORT until interrupted."""
     from workers.simulator import SimConfig, parse_faults, serve
 
@@ -206,7 +218,9 @@ def simulate(host: str, port: int, model: str, api_key: str | None, tokens_per_m
         config = SimConfig(model=model, api_key=api_key, tokens_per_minute=tokens_per_minute,
                            requests_per_minute=requests_per_minute, window_s=window_s, latency_s=latency_s,
                            per_token_s=per_token_s, logprobs=logprobs,  # type: ignore[arg-type]
-                           faults=parse_faults(faults), hang_s=hang_s, seed=seed, revoke_after=revoke_after)
+                           faults=parse_faults(faults), hang_s=hang_s, seed=seed, revoke_after=revoke_after,
+                           metering=metering, headers=header_mode,  # type: ignore[arg-type]
+                           retry_after=retry_after, foreign_share=foreign_share)
     except (ValueError, KeyError) as exc:
         _fail(2, str(exc))
 

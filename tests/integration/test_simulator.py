@@ -60,7 +60,10 @@ class TestRoutes:
 
     def test_info_and_auth(self, simulator: Callable[..., SimulatorProcess]) -> None:
         sim = simulator("--api-key", "right", "--model", "mistral-small")
-        assert httpx.get(sim.url + "/info", headers={"Authorization": "Bearer right"}).json()["model_name"] == "mistral-small"
+        auth = {"Authorization": "Bearer right"}
+        assert httpx.get(sim.url + "/info?api-version=2024-05-01-preview", headers=auth).json()["model_name"] == \
+            "mistral-small"
+        assert httpx.get(sim.url + "/info", headers=auth).status_code == 400  # its api-version is required
         denied = post(sim, "/v1/chat/completions", {"model": "m", "messages": MESSAGES})
         assert denied.status_code == 401 and denied.json()["error"]["code"] == "Unauthorized"
 

@@ -1,8 +1,24 @@
 """The project's own Azure serverless Mistral lookalike: see ``workers.simulator.app``."""
 
 from workers.simulator.app import BackgroundSimulator, Simulator, serve
-from workers.simulator.config import FAULT_KINDS, SimConfig, parse_faults
+from workers.simulator.config import FAULT_KINDS, HEADER_MODES, SimConfig, parse_faults
+from workers.simulator.metering import METERINGS, FixedWindows, Meter, SlidingLog, TokenBucket, meter
 from workers.simulator.text import fabricate, prompt_digest
-from workers.simulator.window import SlidingWindow
 
-__all__ = ["BackgroundSimulator", "FAULT_KINDS", "SimConfig", "Simulator", "SlidingWindow", "fabricate", "parse_faults", "prompt_digest", "serve"]
+__all__ = [
+    "FAULT_KINDS",
+    "HEADER_MODES",
+    "METERINGS",
+    "BackgroundSimulator",
+    "FixedWindows",
+    "Meter",
+    "SimConfig",
+    "Simulator",
+    "SlidingLog",
+    "TokenBucket",
+    "fabricate",
+    "meter",
+    "parse_faults",
+    "prompt_digest",
+    "serve",
+]

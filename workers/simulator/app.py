@@ -8,10 +8,13 @@ Routes, as the real deployments have them:
   ``extra-parameters: pass-through``.
 - ``GET /info`` — the model's name and provider.
 
-Quotas are enforced over a short sliding window (429 with ``retry-after``,
-``retry-after-ms`` and ``x-ratelimit-remaining-*``), usage is counted with the model's
-own tokenizer, error bodies come in the shapes the real service uses, and faults are
-injected at the configured rates. ``GET /_sim/stats`` reports what was billed.
+Quotas are enforced over short windows, metered as a sliding log, a token bucket or
+clock-aligned fixed windows (``workers.simulator.metering``): 429 with ``retry-after``
+and ``retry-after-ms`` (or without), ``x-ratelimit-remaining-*`` and ``-limit-*`` headers
+counting the window, the minute, ``-1`` or absent; another tenant may use a share of
+the quota. Usage is counted with the model's own tokenizer, error bodies come in the
+shapes the real service uses, and faults are injected at the configured rates.
+``GET /_sim/stats`` reports what was billed.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from aiohttp import web
 
 from workers.simulator.config import SimConfig
 from workers.simulator.text import fabricate, fabricate_logprobs, prompt_digest
-from workers.simulator.window import SlidingWindow
+from workers.simulator.metering import MinuteTally, meter
 from workers.tokens import TokenCounter, TokenizeError
 
 NATIVE_FIELDS = frozenset({
@@ -52,7 +55,9 @@ class Simulator:
     def __init__(self, config: SimConfig):
         self.config = config
         self.counter = TokenCounter(config.model)
-        self.window = SlidingWindow(config.requests_per_minute, config.tokens_per_minute, config.window_s)
+        self.window = meter(config.metering, config.requests_per_minute, config.tokens_per_minute, config.window_s,
+                            time.monotonic())
+        self.minute = MinuteTally(config.requests_per_minute, config.tokens_per_minute)
         self.rng = random.Random(config.seed)
         self.stats: Counter[str] = Counter()
         self.billed_prompts: Counter[str] = Counter()
@@ -68,13 +73,43 @@ class Simulator:
         app.router.add_post("/chat/completions", self.inference)
         app.router.add_get("/info", self.info)
         app.router.add_get("/_sim/stats", self.report)
+        if self.config.foreign_share > 0:
+            app.cleanup_ctx.append(self._foreign_tenant)
         return app
+
+    async def _foreign_tenant(self, _app: web.Application) -> Any:
+        """Another job on the same deployment, sending at ``foreign_share`` of the quota, retrying its 429s."""
+        share = self.config.foreign_share
+        rps, tps = self.config.requests_per_minute / 60, self.config.tokens_per_minute / 60
+        size = max(1, int(tps / rps))  # one request of theirs uses both quotas at the same share
+        owed, tick = 0.0, 0.05
+
+        async def send() -> None:
+            nonlocal owed
+            while True:
+                await asyncio.sleep(tick)
+                owed = min(owed + share * rps * tick, 5.0)
+                while owed >= 1:
+                    now = time.monotonic()
+                    if not self.window.try_admit(now, size).admitted:
+                        self.stats["foreign_rate_limited"] += 1
+                        break
+                    self.minute.add(now, 1, size)
+                    self.stats["foreign_admitted_tokens"] += size
+                    owed -= 1
+
+        task = asyncio.create_task(send())
+        yield
+        task.cancel()
 
     # --- routes -------------------------------------------------------------------------
 
     async def info(self, request: web.Request) -> web.StreamResponse:
         if (denied := self._authorize(request)) is not None:
             return denied
+        if not request.query.get("api-version"):
+            return self._error(400, {"error": {"code": "BadRequest",
+                                               "message": "The api-version query parameter is required."}})
         return web.json_response(
             {"model_name": self.config.model, "model_type": "chat-completion", "model_provider_name": "Mistral"}
         )
@@ -149,16 +184,17 @@ class Simulator:
                 f"Prompt contains {prompt_tokens} tokens and {max_tokens} draft tokens, too large for model "
                 f"with {self.counter.model.context_tokens} maximum context length")})
 
-        admission = self.window.try_admit(time.monotonic(), prompt_tokens + max_tokens)
-        limits = {
-            "x-ratelimit-remaining-requests": str(admission.remaining_requests),
-            "x-ratelimit-remaining-tokens": str(admission.remaining_tokens),
-        }
+        now = time.monotonic()
+        admission = self.window.try_admit(now, prompt_tokens + max_tokens)
+        if admission.admitted:
+            self.minute.add(now, 1, prompt_tokens + max_tokens)
+        limits = self._limit_headers(now, admission)
         if not admission.admitted:
             self.stats["rate_limited"] += 1
+            wait = {"retry-after": str(max(1, round(admission.retry_after_s))),
+                    "retry-after-ms": str(int(admission.retry_after_s * 1000))} if self.config.retry_after else {}
             return self._error(429, {"error": {"code": "429", "message": "Rate limit is exceeded. Try again later."}},
-                               headers={**limits, "retry-after": str(max(1, round(admission.retry_after_s))),
-                                        "retry-after-ms": str(int(admission.retry_after_s * 1000))})
+                               headers={**limits, **wait})
         self.stats["admitted"] += 1
         self.stats["admitted_tokens"] += prompt_tokens + max_tokens
         self.first_admission = self.first_admission or time.time()
@@ -220,6 +256,23 @@ class Simulator:
             return response
         self.stats["ok"] += 1
         return web.Response(body=raw, content_type="application/json", headers=limits)
+
+    def _limit_headers(self, now: float, admission: Any) -> dict[str, str]:
+        """``x-ratelimit-*`` as this deployment's ``headers`` mode has them."""
+        mode = self.config.headers
+        if mode == "none":
+            return {}
+        if mode == "sentinel":
+            return {f"x-ratelimit-{kind}-{what}": value for what in ("tokens", "requests") for kind, value in
+                    (("limit", "-1"), ("remaining", "-1"), ("reset", "0"))}
+        if mode == "minute":
+            requests, tokens = self.minute.remaining(now)
+            limit_requests, limit_tokens = self.config.requests_per_minute, self.config.tokens_per_minute
+        else:
+            requests, tokens = admission.remaining_requests, admission.remaining_tokens
+            limit_requests, limit_tokens = self.window.request_limit, self.window.token_limit
+        return {"x-ratelimit-remaining-requests": str(requests), "x-ratelimit-remaining-tokens": str(tokens),
+                "x-ratelimit-limit-requests": str(limit_requests), "x-ratelimit-limit-tokens": str(limit_tokens)}
 
     def _authorize(self, request: web.Request) -> web.StreamResponse | None:
         header = request.headers.get("Authorization", "")

@@ -5,8 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from workers.simulator.metering import Metering
+
 LogprobsMode = Literal["openai", "legacy", "reject"]
 FAULT_KINDS = ("server_error", "reset", "hang", "truncate", "filter", "filter_400")
+#: What ``x-ratelimit-*`` headers say: the window's figures, the minute's, ``-1`` everywhere
+#: (as some Foundry deployments answer), or nothing at all.
+HeaderMode = Literal["window", "minute", "sentinel", "none"]
+HEADER_MODES: tuple[HeaderMode, ...] = ("window", "minute", "sentinel", "none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +38,13 @@ class SimConfig:
     seed: int = 0
     #: Accept the key for this many completion requests, then refuse it (a key revoked mid-job).
     revoke_after: int | None = None
+    #: How the quota is metered (``workers.simulator.metering``).
+    metering: Metering = "sliding"
+    headers: HeaderMode = "window"
+    #: Whether a 429 says how long to wait (``retry-after``, ``retry-after-ms``).
+    retry_after: bool = True
+    #: Another tenant of the deployment, using this share of its quota (0.3 = 30 %).
+    foreign_share: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULT_KINDS)
@@ -39,6 +52,8 @@ class SimConfig:
             raise ValueError(f"unknown fault kind(s) {sorted(unknown)}; known: {', '.join(FAULT_KINDS)}")
         if sum(self.faults.values()) > 1:
             raise ValueError("fault rates add up to more than 1")
+        if not 0 <= self.foreign_share < 1:
+            raise ValueError("foreign_share must be at least 0 and below 1")
 
 
 def parse_faults(text: str) -> dict[str, float]:

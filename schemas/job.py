@@ -42,6 +42,9 @@ class EndpointSpec(_Frozen):
     api_key_secret: str | None = Field(None, min_length=1)
     tokens_per_minute: int = Field(200_000, gt=0)
     requests_per_minute: int = Field(1_000, gt=0)
+    #: ``cap``: the quota above is the most ever sent (less when the deployment admits less);
+    #: ``auto``: it is where learning starts, and the pool probes above it too.
+    quota: Literal["cap", "auto"] = "cap"
     api_version: str = AZURE_INFERENCE_API_VERSION
     quota_window_s: float = Field(10.0, gt=0, le=60)
     timeout_s: float = Field(120.0, gt=0)
@@ -140,6 +143,18 @@ class JobSpec(_Frozen):
             raise ValueError("give exactly one of `endpoint` or `endpoints`")
         if self.endpoints is not None and not self.endpoints:
             raise ValueError("`endpoints` is empty")
+        return self
+
+    @model_validator(mode="after")
+    def _params_fit_each_route(self) -> JobSpec:
+        """The Azure AI Model Inference contract caps temperature and top_p at 1 and wants a non-empty ``stop``."""
+        if any(e.api == "azure-inference" for e in self.all_endpoints):
+            p = self.params
+            if p.temperature is not None and p.temperature > 1:
+                raise ValueError(f"`params.temperature` {p.temperature:g} is above 1, the most the azure-inference "
+                                 "route accepts (the mistral route takes up to 1.5)")
+            if p.stop is not None and not p.stop:
+                raise ValueError("`params.stop` is empty: the azure-inference route wants at least one stop string")
         return self
 
     @property

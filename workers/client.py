@@ -55,6 +55,8 @@ class Completion:
     logprobs: list[dict[str, Any]] | None
     remaining_requests: int | None = None
     remaining_tokens: int | None = None
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
 
     @property
     def filtered(self) -> bool:
@@ -113,7 +115,8 @@ class EndpointClient:
         False when the answer says nothing about the key (no such route, a 5xx, no answer).
         """
         try:
-            response = await self._http.get("/info")
+            # /info belongs to the Azure AI Model Inference API, whose every route wants its api-version.
+            response = await self._http.get(f"/info?api-version={self.spec.api_version}")
         except httpx.HTTPError:
             return False
         if response.status_code in (401, 403):
@@ -169,6 +172,8 @@ def parse_completion(content: bytes, headers: httpx.Headers | dict[str, str]) ->
             logprobs=normalize_logprobs(choice.get("logprobs")),
             remaining_requests=_int_header(headers, "x-ratelimit-remaining-requests"),
             remaining_tokens=_int_header(headers, "x-ratelimit-remaining-tokens"),
+            limit_requests=_int_header(headers, "x-ratelimit-limit-requests"),
+            limit_tokens=_int_header(headers, "x-ratelimit-limit-tokens"),
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise TransportError(f"unreadable 200 body ({len(content)} bytes): {type(exc).__name__}") from exc
@@ -260,11 +265,15 @@ def retry_after_seconds(headers: httpx.Headers | dict[str, str], now: float | No
 
 
 def _int_header(headers: httpx.Headers | dict[str, str], name: str) -> int | None:
+    """A rate-limit header as a count; ``None`` when absent, garbage or a sentinel (``-1``)."""
     value = headers.get(name)
     try:
-        return None if value is None else int(float(value))
+        number = None if value is None else float(value)
     except ValueError:
         return None
+    if number is None or number != number or number < 0 or number > 1e15:
+        return None
+    return int(number)
 
 
 def _code(value: Any) -> str | None:

@@ -396,7 +396,8 @@ class Engine:
             finally:
                 self._sending.discard(me)
                 self.in_flight -= 1
-            lane.quota.observe(ticket, completion.remaining_requests, completion.remaining_tokens)
+            lane.quota.observe(ticket, completion.remaining_requests, completion.remaining_tokens,
+                               completion.limit_requests, completion.limit_tokens)
             outcome.latency_ms = round((time.monotonic() - sent) * 1000, 1)
             outcome.completion = completion
             outcome.status = "filtered" if completion.filtered else "ok"

@@ -26,12 +26,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import structlog
+
+from workers.credit import Credit, Lease
+from workers.learning import QuotaEstimate, QuotaMode, read_hints
+
+log = structlog.get_logger(__name__)
+__all__ = ["Budget", "Credit", "Lease", "Ledger", "Quota", "Ticket", "WindowLog"]
 
 
 class Budget:
-    """A continuously refilled allowance that may be overdrawn by one request."""
+    """A continuously refilled allowance that may be overdrawn by one request.
+
+    ``credit`` may lift the level above ``capacity`` (a fresh deployment's first window);
+    refills never do.
+    """
 
     def __init__(self, per_second: float, capacity: float, now: float):
         self.per_second = per_second
@@ -40,19 +52,25 @@ class Budget:
         self._stamp = now
 
     def _refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self._stamp) * self.per_second)
+        if self.level < self.capacity:
+            self.level = min(self.capacity, self.level + (now - self._stamp) * self.per_second)
         self._stamp = now
 
     def wait(self, now: float, cost: float) -> float:
         """Seconds until ``cost`` (or a full bucket, for a larger one) is available."""
         self._refill(now)
-        need = min(cost, self.capacity) - self.level
+        need = min(cost, max(self.capacity, self.level)) - self.level
         return max(0.0, need / self.per_second)
 
     def take(self, now: float, cost: float) -> None:
         """Spend ``cost``; the level may go below zero."""
         self._refill(now)
         self.level -= cost
+
+    def credit(self, now: float, amount: float) -> None:
+        """Add ``amount`` beyond the capacity (spent before the refill resumes)."""
+        self._refill(now)
+        self.level += amount
 
     def drain(self, now: float) -> None:
         """Forget any saved-up burst (after a pause, resume at the steady rate)."""
@@ -109,6 +127,10 @@ class WindowLog:
                 return max(1e-3, entry.stamp + self.window_s - now)
         return self.window_s
 
+    def tokens_between(self, start: float, end: float) -> int:
+        """Tokens of the entries stamped in ``(start, end]`` (what is still kept)."""
+        return sum(e.tokens for e in self._entries if start < e.stamp <= end)
+
     def add(self, now: float, requests: int, tokens: int) -> Entry:
         """Record an admission (or foreign usage); returns the entry for a later refund."""
         self._expire(now)
@@ -141,33 +163,104 @@ class Ticket:
     remaining_tokens: int
     total_requests: int
     total_tokens: int
+    #: Tokens the client's bucket still held after this admission (how far from its edge it was).
+    bucket_room: float = 0.0
 
 
 class Ledger:
-    """Admission decisions for one deployment's quota; every method takes ``now``."""
+    """Admission decisions for one deployment's quota; every method takes ``now``.
+
+    The limits in force are the stated quota times what ``estimate`` believes the
+    deployment admits (``workers.learning``). A fresh deployment takes a whole window at
+    once, so the window's allowance beyond the steady burst is released in ``BONUS_STEPS``
+    steps of ``BONUS_STEP_S`` while no 429 says otherwise (slow start); the first 429 in
+    that phase only ends it.
+    """
+
+    BONUS_STEPS = 8
+    BONUS_STEP_S = 0.25
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
                  burst_s: float | None = None, guard_s: float = 0.05, bypass_windows: float = 2.0,
-                 now: float = 0.0):
-        rps, tps = requests_per_minute / 60, tokens_per_minute / 60
-        burst_s = min(1.0 if burst_s is None else burst_s, window_s)
-        self.window = WindowLog(max(1, int(rps * window_s)), max(1, int(tps * window_s)), window_s, guard_s)
-        self.requests = Budget(rps, max(1.0, rps * burst_s), now)
-        self.tokens = Budget(tps, max(1.0, tps * burst_s), now)
+                 now: float = 0.0, mode: QuotaMode = "cap", first_window: bool = True):
+        self.stated_rpm, self.stated_tpm = requests_per_minute, tokens_per_minute
+        self.window_s = window_s
+        self.stated_window = (max(1, int(requests_per_minute / 60 * window_s)),
+                              max(1, int(tokens_per_minute / 60 * window_s)))
+        self.burst_s = min(1.0 if burst_s is None else burst_s, window_s)
+        self.estimate = QuotaEstimate(window_s, mode=mode, now=now)
+        self.window = WindowLog(*self.stated_window, window_s, guard_s)
+        self.requests = Budget(1.0, 1.0, now)
+        self.tokens = Budget(1.0, 1.0, now)
+        self._burst_share = 1.0
+        #: ``bucket``: the server is taken to be a bucket of one window, refilled at the rate (a
+        #: fresh deployment's whole window, then the steady rate, no window copy consulted);
+        #: ``sliding``: the strictest meter, the window copy consulted. The first 429 past the
+        #: slow start proves a bucket wrong.
+        self.model = "bucket" if first_window else "sliding"
+        #: When the last 429 taught something: the 429s of requests sent before it teach nothing new.
+        self._learned_at = -1e18
+        self._started = now
+        self._apply(now)
+        self.requests.level = max(1.0, self.stated_rpm / 60 * self.burst_s)
+        self.tokens.level = max(1.0, self.stated_tpm / 60 * self.burst_s)
         self.bypass_windows = bypass_windows
         self.paused_until = now
         self.foreign_tokens = 0
         self.pauses = 0
         self.total_requests = 0
         self.total_tokens = 0
+        #: The first window's allowance still to be released beyond the steady burst (slow start).
+        self.bonus_left = (self.window.request_limit - self.requests.level,
+                           self.window.token_limit - self.tokens.level) if first_window else (0.0, 0.0)
+        self._bonus_step = tuple(max(0.0, b) / self.BONUS_STEPS for b in self.bonus_left)
+        self._next_bonus = now
+        #: The header scale last seen (``window``, ``minute``, ``none``), for the report.
+        self.header_scale = "none"
+
+    # --- what is in force ---------------------------------------------------------------
+
+    @property
+    def learned_per_minute(self) -> tuple[int, int]:
+        """The requests/min and tokens/min the deployment is believed to admit."""
+        return round(self.stated_rpm * self.estimate.requests), round(self.stated_tpm * self.estimate.tokens)
+
+    def _apply(self, now: float) -> None:
+        """Put the estimate into the window copy and the budgets."""
+        # Rates from the whole-number window limits, as a server computes them, a hair under: a
+        # bucket refilled a fraction of a token faster than the server's refuses at its edge.
+        rps = self.stated_window[0] / self.window_s * self.estimate.requests * 0.998
+        tps = self.stated_window[1] / self.window_s * self.estimate.tokens * 0.998
+        self.window.request_limit = max(1, int(self.stated_window[0] * self.estimate.requests))
+        self.window.token_limit = max(1, int(self.stated_window[1] * self.estimate.tokens))
+        for budget, rate in ((self.requests, rps), (self.tokens, tps)):
+            budget._refill(now)
+            budget.per_second = rate
+            span = self.window_s if self.model == "bucket" else self.burst_s * self._burst_share
+            budget.capacity = max(1.0, rate * span)
+
+    def _tick(self, now: float) -> None:
+        if self.bonus_left != (0.0, 0.0) and now >= self._next_bonus:
+            self._next_bonus = now + self.BONUS_STEP_S
+            steps = [min(left, step) for left, step in zip(self.bonus_left, self._bonus_step, strict=True)]
+            self.requests.credit(now, steps[0])
+            self.tokens.credit(now, steps[1])
+            self.bonus_left = (max(0.0, self.bonus_left[0] - steps[0]), max(0.0, self.bonus_left[1] - steps[1]))
+            if min(self._bonus_step) <= 0 or max(self.bonus_left) <= 1e-9:
+                self.bonus_left = (0.0, 0.0)
+        if self.estimate.probe(now):
+            self._apply(now)
+
+    # --- admission ----------------------------------------------------------------------
 
     def delay(self, now: float, tokens: int) -> float:
         """Seconds to wait before a request of ``tokens`` may go (0: now)."""
+        self._tick(now)
         wait = max(
             self.paused_until - now,
             self.requests.wait(now, 1),
             self.tokens.wait(now, tokens),
-            self.window.wait(now, tokens),
+            self.window.wait(now, tokens) if self.model == "sliding" else 0.0,
         )
         return wait if wait > 1e-6 else 0.0  # float residue of a refill is not a wait
 
@@ -182,16 +275,18 @@ class Ledger:
         first = self.delay(now, costs[0])
         if first == 0.0:
             return 0, 0.0
+        # While the first window is being released, ask again at its next step.
+        step = self._next_bonus - now if self.bonus_left != (0.0, 0.0) and self._next_bonus > now else first
         bypass_left = self.window.window_s * self.bypass_windows - oldest_waited_s
         if bypass_left <= 1e-6:
-            return None, first
+            return None, min(first, step)
         soonest = first
         for index in range(1, len(costs)):
             wait = self.delay(now, costs[index])
             if wait == 0.0:
                 return index, 0.0
             soonest = min(soonest, wait)
-        return None, min(soonest, bypass_left)
+        return None, min(soonest, bypass_left, step)
 
     def admit(self, now: float, tokens: int) -> Ticket:
         """Charge one request of ``tokens``; call when ``delay`` says 0."""
@@ -200,150 +295,108 @@ class Ledger:
         entry = self.window.add(now, 1, tokens)
         self.total_requests += 1
         self.total_tokens += tokens
-        return Ticket(entry, *self.window.remaining, self.total_requests, self.total_tokens)
+        return Ticket(entry, *self.window.remaining, self.total_requests, self.total_tokens, self.tokens.level)
 
-    def observe(self, ticket: Ticket, remaining_requests: int | None, remaining_tokens: int | None) -> None:
+    # --- what the server says -----------------------------------------------------------
+
+    def observe(self, ticket: Ticket, remaining_requests: int | None, remaining_tokens: int | None,
+                limit_requests: int | None = None, limit_tokens: int | None = None, now: float | None = None) -> None:
         """Reconcile with the server's own count of what its window has left after this request.
 
-        The server may have seen any of the requests admitted since this one (they race
-        in flight), so only a shortfall beyond all of those is certain to be someone
-        else's usage of the deployment; it is entered at the request's admission time.
+        The values are hints (``workers.learning.read_hints``): implausible ones are dropped,
+        a stated limit is evidence of the real quota, and per-minute figures say nothing
+        about the window's usage. The server may have seen any of the requests admitted
+        since this one (they race in flight), so only a shortfall beyond all of those is
+        certain to be someone else's usage of the deployment; it is entered at the
+        request's admission time, at most a quarter of the window per reading.
         """
+        hints, scale = read_hints(remaining_requests, remaining_tokens, limit_requests, limit_tokens,
+                                  window_requests=self.stated_window[0], window_tokens=self.stated_window[1],
+                                  window_s=self.window_s)
+        if scale != "none":
+            self.header_scale = scale
+        at = ticket.entry.stamp if now is None else now
+        limits = (None if hints.limit_tokens is None else hints.limit_tokens / self.stated_window[1],
+                  None if hints.limit_requests is None else hints.limit_requests / self.stated_window[0])
+        if scale == "window" and min((x for x in limits if x is not None), default=1.0) < 0.5:
+            fits = hints.limit_tokens is not None and hints.remaining_tokens is not None and \
+                self._fits_the_window(ticket, hints.limit_tokens - hints.remaining_tokens)
+            if not fits:
+                limits = (None, None)
+        if self.estimate.on_limit(at, *limits):
+            self._apply(at)
+        if scale != "window":
+            return
         since_requests = self.total_requests - ticket.total_requests
         since_tokens = self.total_tokens - ticket.total_tokens
-        gap_requests = (ticket.remaining_requests - remaining_requests - since_requests
-                        if remaining_requests is not None else 0)
-        gap_tokens = ticket.remaining_tokens - remaining_tokens - since_tokens if remaining_tokens is not None else 0
+        gap_requests = (ticket.remaining_requests - hints.remaining_requests - since_requests
+                        if hints.remaining_requests is not None else 0)
+        gap_tokens = (ticket.remaining_tokens - hints.remaining_tokens - since_tokens
+                      if hints.remaining_tokens is not None else 0)
+        gap_requests = min(gap_requests, self.window.request_limit // 4)
+        gap_tokens = min(gap_tokens, self.window.token_limit // 4)
         if gap_requests > 0 or gap_tokens > 0:
             self.foreign_tokens += max(0, gap_tokens)
             self.window.add(ticket.entry.stamp, max(0, gap_requests), max(0, gap_tokens))
 
-    def rate_limited(self, now: float, ticket: Ticket, retry_after_s: float | None) -> None:
-        """A 429: refund the request, pause everyone until the server's window has room.
+    def _fits_the_window(self, ticket: Ticket, server_used: int) -> bool:
+        """Whether the server's usage figure is what this client sent over the job's window.
 
-        A 429 the window copy did not foresee means the server stamps requests later
-        than the client sent them, meters over a shorter window than configured, or is
-        shared: the window copy's guard doubles (up to 1 s), bursts are halved (down to
-        a quarter second's worth), and the pool resumes at the steady rate.
+        A stated limit far below the job's means a lower quota, or the same quota over a
+        shorter window (a 1 s window's limit is a tenth of a 10 s one's): only when the
+        server's count of what it holds matches what this client sent over the job's
+        window is it the first.
         """
+        end = ticket.entry.stamp
+        ours = self.window.tokens_between(end - self.window_s, end)
+        return server_used > 0 and abs(ours - server_used) <= 0.25 * server_used
+
+    def rate_limited(self, now: float, ticket: Ticket, retry_after_s: float | None) -> bool:
+        """A 429: refund the request, learn from it, pause everyone until the server has room.
+
+        In the slow start, the first 429 only ends it (this deployment does not take a
+        whole window at once). Otherwise what the window copy held is evidence of the
+        real quota (``QuotaEstimate.on_429``), the copy's guard doubles (up to 1 s), bursts
+        are halved (down to a quarter second's worth), and the pool resumes at the steady
+        rate. Without ``retry-after`` the pause lasts until the copy, with the new
+        limits, has room for the request. Returns whether the estimate went down.
+        """
+        stamp, refused = ticket.entry.stamp, ticket.entry.tokens
+        self.window._expire(now)
+        held = self.window.tokens  # what the last window held, the refused request included
         self.window.refund(ticket.entry)
-        pause = retry_after_s if retry_after_s is not None else 1.0
+        learned = False
+        if stamp < self._learned_at:
+            pass  # sent before the last lesson was drawn: the same evidence again
+        elif self.model == "bucket" or self.bonus_left != (0.0, 0.0):
+            self.bonus_left = (0.0, 0.0)
+            self._learned_at = now
+            # A bucket like the server's refuses once a window plus the refill since the start
+            # is spent; a log (or fixed windows) once a window is. Refused nearer the second:
+            # not such a bucket after all (or not at this level), the strict model from now on.
+            refill = self.tokens.per_second * min(self.window_s, now - self._started)
+            if held < self.window.token_limit + refill / 2 or ticket.bucket_room >= 0.05 * self.window.token_limit:
+                self.model = "sliding"
+        else:
+            # The server held at least what the copy holds, and less than that plus the refused
+            # request: take the middle.
+            used_tokens = (self.window.tokens + refused / 2) / self.stated_window[1]
+            used_requests = (self.window.requests + 0.5) / self.stated_window[0]
+            learned = self.estimate.on_429(now, used_tokens, used_requests)
+            self._learned_at = now
+        if now >= self.paused_until:
+            self._burst_share = max(0.25, self._burst_share / 2)
+            self.window.widen_guard()
+        self._apply(now)
+        pause = retry_after_s
+        if pause is None:
+            pause = min(self.window.window_s, max(0.25, self.window.wait(now, ticket.entry.tokens or 1)))
         if now + pause > self.paused_until:
             self.pauses += 1
             self.paused_until = now + pause
-            self.window.widen_guard()
-            for budget in (self.requests, self.tokens):
-                budget.capacity = max(budget.per_second / 4, budget.capacity / 2)
         self.requests.drain(now)
         self.tokens.drain(now)
-
-
-#: Leases a share of a quota other processes also draw on: ``await lease(tokens, requests)``
-#: returns once that many tokens and requests are this process's to admit.
-Lease = Callable[[int, int], Awaitable[None]]
-
-
-class Credit:
-    """Tokens and requests leased from a quota shared with other processes, spent locally.
-
-    When several processes (slices of one scaled-out job) send to one deployment, each
-    admits a request only against credit it leased from a shared rate limit (``Lease``;
-    in flows, Prefect's global concurrency limits). Leasing per request would cost a
-    round trip each, so credit is leased in chunks (``token_chunk``, ``request_chunk``;
-    a larger row's whole charge in pieces of at most ``most_tokens``), and leased ahead:
-    when what is held falls below one chunk, the next is leased in the background, so
-    admissions rarely wait on a round trip. Credit left unspent for ``horizon_s``
-    seconds is dropped: spending it late would put old quota into a new window.
-    """
-
-    def __init__(self, lease: Lease, *, token_chunk: int, request_chunk: int, most_tokens: int,
-                 most_requests: int, horizon_s: float = 2.0, clock: Callable[[], float] = time.monotonic):
-        self._lease = lease
-        self.token_chunk = max(1, min(token_chunk, most_tokens))
-        self.request_chunk = max(1, min(request_chunk, most_requests))
-        self.most_tokens = max(1, most_tokens)
-        self.horizon_s = horizon_s
-        self._clock = clock
-        self.tokens = 0
-        self.requests = 0
-        self._leased_at = clock()
-        self._refills: dict[str, asyncio.Task[None]] = {}
-        self._need_tokens = 0
-        self._failure: BaseException | None = None
-        #: Leases taken and credit dropped unspent, for the benchmark and the logs.
-        self.leases = 0
-        self.dropped_tokens = 0
-
-    def _expire(self) -> None:
-        if self._clock() - self._leased_at > self.horizon_s and (self.tokens or self.requests):
-            self.dropped_tokens += max(0, self.tokens)
-            self.tokens = self.requests = 0
-
-    def covers(self, tokens: int) -> bool:
-        """Whether a request of ``tokens`` can be admitted on the credit held."""
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
-        self._expire()
-        return self.tokens >= tokens and self.requests >= 1
-
-    def spend(self, tokens: int) -> None:
-        self.tokens -= tokens
-        self.requests -= 1
-        self._refill()
-
-    async def top_up(self, tokens: int) -> None:
-        """Wait until the credit held covers one request of ``tokens``."""
-        self._expire()
-        self._need_tokens = max(self._need_tokens, tokens)
-        while not self.covers(tokens):
-            self._refill()
-            done, _ = await asyncio.wait(list(self._refills.values()), return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-        self._need_tokens = 0
-        self._refill()
-
-    def _refill(self) -> None:
-        """Start leasing in the background whatever has fallen below a chunk (or below a waiting row)."""
-        if self.tokens < max(self.token_chunk, self._need_tokens) and "tokens" not in self._refills:
-            self._start("tokens", self._lease_tokens())
-        if self.requests < self.request_chunk and "requests" not in self._refills:
-            self._start("requests", self._lease_requests())
-
-    def _start(self, kind: str, job: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(job)
-        self._refills[kind] = task
-        task.add_done_callback(lambda done: self._finished(kind, done))
-
-    def _finished(self, kind: str, task: asyncio.Task[None]) -> None:
-        self._refills.pop(kind, None)
-        if not task.cancelled() and task.exception() is not None:
-            # Raised by the ``top_up`` waiting on it; a background refill's failure shows at the next one.
-            self._failure = task.exception()
-
-    async def _lease_tokens(self) -> None:
-        piece = min(self.most_tokens, max(self.token_chunk, self._need_tokens - self.tokens))
-        await self._lease(piece, 0)
-        self._credited(piece, 0)
-
-    async def _lease_requests(self) -> None:
-        await self._lease(0, self.request_chunk)
-        self._credited(0, self.request_chunk)
-
-    def _credited(self, tokens: int, requests: int) -> None:
-        self._expire()
-        self.tokens += tokens
-        self.requests += requests
-        self.leases += 1
-        self._leased_at = self._clock()
-
-    async def aclose(self) -> None:
-        """Stop leasing (what is held is left unspent)."""
-        for task in list(self._refills.values()):
-            task.cancel()
-        await asyncio.gather(*self._refills.values(), return_exceptions=True)
+        return learned
 
 
 class Quota:
@@ -351,19 +404,23 @@ class Quota:
 
     With ``credit``, every admission is also paid for from a quota shared with other
     processes (see ``Credit``). Build it inside the coroutine that runs the pool: its
-    lock belongs to that event loop.
+    lock belongs to that event loop. When the deployment turns out to admit less than
+    the job states (or, with ``mode="auto"``, more), one warning says so
+    (``quota_learned``), again only if the figure moves by a fifth.
     """
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
                  burst_s: float | None = None, clock: Callable[[], float] | None = None,
-                 credit: Credit | None = None):
+                 credit: Credit | None = None, mode: QuotaMode = "cap", name: str = ""):
         self._clock = clock or time.monotonic
         self.ledger = Ledger(requests_per_minute, tokens_per_minute, window_s=window_s, burst_s=burst_s,
-                             now=self._clock())
+                             now=self._clock(), mode=mode)
         self.credit = credit
+        self.name = name
         self._line = asyncio.Lock()
         #: Admissions that went ahead of an older waiting row (look-ahead packing).
         self.overtakes = 0
+        self._told: tuple[int, int] = (requests_per_minute, tokens_per_minute)
 
     async def admit(self, tokens: int) -> Ticket:
         """Wait for this request's turn and for room in every budget; then charge it."""
@@ -385,16 +442,33 @@ class Quota:
                     return index, self.ledger.admit(now, costs[index])
                 await asyncio.sleep(wait)
 
-    def observe(self, ticket: Ticket, remaining_requests: int | None, remaining_tokens: int | None) -> None:
+    def observe(self, ticket: Ticket, remaining_requests: int | None, remaining_tokens: int | None,
+                limit_requests: int | None = None, limit_tokens: int | None = None) -> None:
         """See ``Ledger.observe``.
 
         With ``credit``, the other users of the deployment are this job's other processes,
-        and the shared limit already accounts for them: entering their usage here too would
-        count it twice, and the process that started last would hardly ever send.
+        and the shared limit already accounts for them: entering their remaining counts
+        here too would count them twice (a stated limit is still evidence).
         """
-        if self.credit is None:
-            self.ledger.observe(ticket, remaining_requests, remaining_tokens)
+        if self.credit is not None:
+            remaining_requests = remaining_tokens = None
+        self.ledger.observe(ticket, remaining_requests, remaining_tokens, limit_requests, limit_tokens,
+                            now=self._clock())
+        self._tell()
 
     def rate_limited(self, ticket: Ticket, retry_after_s: float | None) -> None:
         """See ``Ledger.rate_limited``."""
         self.ledger.rate_limited(self._clock(), ticket, retry_after_s)
+        self._tell()
+
+    def _tell(self) -> None:
+        requests, tokens = self.ledger.learned_per_minute
+        told_requests, told_tokens = self._told
+        if abs(tokens - told_tokens) <= 0.2 * told_tokens and abs(requests - told_requests) <= 0.2 * told_requests:
+            return
+        self._told = (requests, tokens)
+        stated = (self.ledger.stated_rpm, self.ledger.stated_tpm)
+        log.warning("quota_learned", endpoint=self.name, tokens_per_minute=tokens, requests_per_minute=requests,
+                    job_says_tokens_per_minute=stated[1], job_says_requests_per_minute=stated[0],
+                    message=f"the deployment admits ≈ {tokens:,} tokens/min and {requests:,} requests/min, "
+                            f"the job says {stated[1]:,} and {stated[0]:,}")

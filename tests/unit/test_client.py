@@ -21,7 +21,7 @@ from workers import (
     parse_error_body,
     retry_after_seconds,
 )
-from workers.client import error_from_response
+from workers.client import error_from_response, parse_completion
 
 OK_BODY = {
     "id": "cmpl-1", "model": "mistral-large-2407",
@@ -189,3 +189,25 @@ class TestLogprobs:
     def test_none(self) -> None:
         assert normalize_logprobs(None) is None
         assert normalize_logprobs({}) is None
+
+
+class TestRateLimitHeaders:
+    """Rate-limit headers are counts or nothing: -1, garbage and absurd values are dropped."""
+
+    @pytest.mark.parametrize(("value", "expected"), [("120", 120), ("-1", None), ("abc", None), ("nan", None),
+                                                     ("1e30", None), ("12.0", 12)])
+    def test_values(self, value: str, expected: int | None) -> None:
+        completion = parse_completion(json.dumps(OK_BODY).encode(), {"x-ratelimit-remaining-tokens": value,
+                                                                     "x-ratelimit-limit-tokens": value})
+        assert completion.remaining_tokens == expected and completion.limit_tokens == expected
+
+    async def test_info_carries_the_api_version(self) -> None:
+        seen: list[str] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            seen.append(str(request.url))
+            return httpx.Response(200, json={"model_name": "m"})
+
+        async with client_with(handler) as client:
+            assert await client.check_key()
+        assert seen[0].endswith("/info?api-version=2024-05-01-preview")

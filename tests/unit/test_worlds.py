@@ -1,0 +1,128 @@
+"""Pacing in every world the deployment may be: the ledger against pure meters, time passed in.
+
+Each world runs 300 translation-sized rows in a discrete-event loop (``tests.unit.worlds``),
+so every metering model, header mode and quota mistake is checked in milliseconds; the
+real-time figures come from ``python -m benchmarks.quota --matrix``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.worlds import World, run, utilization
+from workers.learning import QuotaEstimate, read_hints
+
+METERINGS = ("sliding", "bucket", "fixed")
+HEADERS = ("window", "minute", "sentinel", "none")
+
+
+class TestWorlds:
+    """Close to the quota and almost no 429s, however the deployment meters and whatever it says."""
+
+    @pytest.mark.parametrize("metering", METERINGS)
+    @pytest.mark.parametrize("headers", HEADERS)
+    def test_a_right_quota(self, metering: str, headers: str) -> None:
+        world = World(metering=metering, headers=headers)  # type: ignore[arg-type]
+        out, ledger = run(world)
+        steady, credited = utilization(world, out)
+        assert steady >= 0.955 and out.refused <= 0.01 * out.sent, (steady, out.refused)
+        assert ledger.learned_per_minute == (200, 40_000)  # nothing to learn: nothing unlearned either
+        if metering == "bucket":  # a fresh bucket takes a whole window at once, and the job uses it
+            assert credited >= 0.97
+
+    @pytest.mark.parametrize("headers", ["sentinel", "none"])
+    def test_headers_that_say_nothing_cost_nothing(self, headers: str) -> None:
+        good = run(World(headers="window"))[0]
+        mute = run(World(headers=headers))[0]  # type: ignore[arg-type]
+        assert mute.span <= good.span * 1.01 and mute.refused <= good.refused + 1
+
+    @pytest.mark.parametrize("metering", METERINGS)
+    def test_one_second_windows_the_job_knows(self, metering: str) -> None:
+        world = World(metering=metering, window_s=1.0, job_window_s=1.0)  # type: ignore[arg-type]
+        out, _ = run(world)
+        steady, _ = utilization(world, out)
+        # One second holds 666 tokens: two 306-token rows fit, two larger ones do not, so a log or
+        # fixed windows cap what any client can get; a bucket does not.
+        assert steady >= (0.97 if metering == "bucket" else 0.62) and out.refused <= 3
+
+    def test_no_retry_after(self) -> None:
+        world = World(retry_after=False, headers="none")
+        out, _ = run(world)
+        assert utilization(world, out)[0] >= 0.955 and out.refused <= 3
+
+    @pytest.mark.parametrize("headers", ["none", "window"])
+    def test_a_quota_overstated_five_times_is_learned(self, headers: str) -> None:
+        world = World(job_tpm=200_000, job_rpm=1_000, headers=headers)
+        out, ledger = run(world)
+        steady, _ = utilization(world, out)
+        assert steady >= 0.92 and out.refused <= 0.03 * out.sent, (steady, out.refused)
+        assert 34_000 <= ledger.learned_per_minute[1] <= 42_000
+        first_cut = next(t for t, tpm in out.learned_tpm if tpm < 100_000)
+        assert first_cut < 60  # learned within the first minute (the warning goes out then)
+
+    def test_an_understated_quota_with_auto_converges_to_the_real_one(self) -> None:
+        world = World(job_tpm=20_000, job_rpm=100, mode="auto", headers="none")
+        out, ledger = run(world)
+        assert 36_000 <= ledger.learned_per_minute[1] <= 44_000 and out.refused <= 0.02 * out.sent
+        assert utilization(world, out)[0] >= 0.88
+
+    def test_an_understated_quota_without_auto_is_never_passed(self) -> None:
+        out, ledger = run(World(job_tpm=20_000, job_rpm=100, headers="none"))
+        assert ledger.learned_per_minute == (100, 20_000) and out.refused == 0
+
+    @pytest.mark.parametrize("headers", ["none", "window"])
+    def test_another_tenant_keeps_the_deployment_full(self, headers: str) -> None:
+        world = World(foreign_share=0.3, headers=headers)
+        out, _ = run(world)
+        steady, _ = utilization(world, out)  # ours and theirs together
+        assert steady >= 0.9 and out.refused <= 0.02 * out.sent, (steady, out.refused)
+
+
+class TestQuotaEstimate:
+    """The pure learning rule: cut to what the window held, hold, probe back up, never past the cap."""
+
+    def test_a_429_cuts_to_what_the_copy_held(self) -> None:
+        estimate = QuotaEstimate(10.0)
+        assert estimate.on_429(5.0, used_tokens=0.2, used_requests=0.1)
+        assert estimate.tokens == pytest.approx(0.197) and estimate.requests == pytest.approx(0.0985)
+
+    def test_the_evidence_fades_and_the_estimate_probes_up_to_the_cap(self) -> None:
+        estimate = QuotaEstimate(10.0)
+        estimate.on_429(0.0, 0.5, 0.5)
+        assert not estimate.probe(20.0)  # held for 30 s after a cut
+        assert estimate.probe(31.0) and estimate.tokens == pytest.approx(0.4925 * 1.05)
+        for t in range(41, 2000, 10):
+            estimate.probe(float(t))
+        assert estimate.tokens == 1.0  # cap: never above what the job states
+
+    def test_cuts_in_quick_succession_hold_longer(self) -> None:
+        estimate = QuotaEstimate(10.0)
+        estimate.on_429(0.0, 0.5, 0.5)
+        estimate.on_429(40.0, 0.45, 0.45)
+        assert estimate.hold_s == 60.0
+
+    def test_auto_probes_past_the_stated_quota_fast_until_a_429(self) -> None:
+        estimate = QuotaEstimate(10.0, mode="auto")
+        for t in range(10, 40, 10):
+            estimate.probe(float(t))
+        assert estimate.tokens == pytest.approx(1.25 ** 3)
+
+
+class TestHints:
+    """Rate-limit headers believed only when plausible, on the right scale."""
+
+    STATED = {"window_requests": 33, "window_tokens": 6_666, "window_s": 10.0}
+
+    def test_sentinels_and_inconsistent_values_are_dropped(self) -> None:
+        hints, scale = read_hints(-1, -1, -1, -1, **self.STATED)  # type: ignore[arg-type]
+        assert (hints.remaining_tokens, hints.limit_tokens, scale) == (None, None, "none")
+        hints, _ = read_hints(None, 9_000, None, 5_000, **self.STATED)  # type: ignore[arg-type]
+        assert hints.remaining_tokens is None and hints.limit_tokens is None
+
+    def test_minute_figures_are_recognised(self) -> None:
+        hints, scale = read_hints(150, 30_000, 200, 40_000, **self.STATED)  # type: ignore[arg-type]
+        assert scale == "minute" and hints.limit_tokens == 6_666 and hints.limit_requests == 33
+
+    def test_window_figures_stay(self) -> None:
+        hints, scale = read_hints(20, 3_000, 33, 6_666, **self.STATED)  # type: ignore[arg-type]
+        assert scale == "window" and hints.remaining_tokens == 3_000 and hints.limit_tokens == 6_666

@@ -212,6 +212,7 @@ async def process_slice(spec: JobSpec, files: list[str], progress: Earlier, inde
         "index": index, "count": count, "worker": worker, "input_rows": execution.reading.rows,
         "shards": sorted(p.shard for p in execution.parts if p.shard % count == index),
         "rows_sent": execution.tally.rows, "stopped": execution.stopped, "reused_rows": execution.reused_rows,
+        "quota_learned": execution.quota_learned(),
         "bad_input": execution.bad_input, "bad_input_rows": execution.bad_input_rows,
         "empty_inputs": execution.reading.empty_files, "lease_refusals": sum(x.refused for x in leasers),
     }
@@ -322,6 +323,7 @@ async def _run(spec: JobSpec, files: list[str], prepared: Prepared, day: str, wo
              date=day, inputs_changed=prepared.changes or None)
     out = storage_for(spec.output)
     by_worker: dict[str, list[int]] = {}
+    learned: dict[str, Any] = {}
     pending = None
     reused = dropped = 0
     if workers == 1:
@@ -330,6 +332,7 @@ async def _run(spec: JobSpec, files: list[str], prepared: Prepared, day: str, wo
         bad_input, bad_input_rows = execution.bad_input, execution.bad_input_rows
         empty_inputs, pending = execution.reading.empty_files, execution.pending
         reused, dropped = execution.reused_rows, execution.dropped_rows
+        learned = execution.quota_learned()
     else:
         notes = await _scale_out(spec, files, progress, workers, shard_deployment, retry_errors=retry_errors)
         previous = read_manifest(out, spec.output)
@@ -342,6 +345,8 @@ async def _run(spec: JobSpec, files: list[str], prepared: Prepared, day: str, wo
         bad_input_rows = sum(n["bad_input_rows"] for n in notes)
         empty_inputs = notes[0]["empty_inputs"]
         reused = sum(n.get("reused_rows", 0) for n in notes)
+        for n in notes:
+            learned.update(n.get("quota_learned") or {})
         for n in notes:
             by_worker.setdefault(n["worker"], []).extend(n["shards"])
         if stopped is None:
@@ -359,6 +364,8 @@ async def _run(spec: JobSpec, files: list[str], prepared: Prepared, day: str, wo
         log.warning("empty_inputs", files=empty_inputs)
     if by_worker:
         manifest["workers"] = {name: sorted(shards) for name, shards in sorted(by_worker.items())}
+    if learned:
+        manifest["quota_learned"] = learned
     if prepared.changes:
         manifest["reconciled"] = {"changes": prepared.changes, "answers_reused": reused,
                                   "answers_dropped": dropped, "parts_rebuilt": len(progress.rebuilt)}

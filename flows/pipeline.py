@@ -53,6 +53,8 @@ class Snapshot:
     quota_tokens_per_minute: int
     cost_usd: float
     elapsed_s: float
+    #: What the deployments are believed to admit, when that is not what the job states.
+    learned_tokens_per_minute: int | None = None
 
     @property
     def fraction(self) -> float | None:
@@ -123,6 +125,19 @@ class Execution:
         """Why the run ended before every row was done, or ``None``."""
         return self.engine.stopped
 
+    def quota_learned(self) -> dict[str, dict[str, Any]]:
+        """Per deployment whose real quota differs from the job's: what it was found to admit."""
+        found = {}
+        for lane in self.engine.lanes:
+            ledger = lane.quota.ledger
+            requests, tokens = ledger.learned_per_minute
+            if (requests, tokens) != (ledger.stated_rpm, ledger.stated_tpm):
+                found[lane.client.spec.url] = {
+                    "tokens_per_minute": tokens, "requests_per_minute": requests,
+                    "job_says": {"tokens_per_minute": ledger.stated_tpm, "requests_per_minute": ledger.stated_rpm},
+                    "rate_limited_pauses": ledger.pauses}
+        return found
+
     @property
     def done_rows(self) -> int:
         """Rows the output holds, from every run."""
@@ -160,7 +175,7 @@ def lane_for(endpoint: EndpointSpec, key: str, price: Price | None = None, credi
     ``credit``: the deployment's quota is shared with other processes (a scaled-out job).
     """
     quota = Quota(endpoint.requests_per_minute, endpoint.tokens_per_minute, window_s=endpoint.quota_window_s,
-                  credit=credit)
+                  credit=credit, mode=endpoint.quota, name=endpoint.url)
     return Lane(EndpointClient(endpoint, key), quota, TokenCounter(endpoint.model), endpoint.max_concurrency,
                 price=price)
 
@@ -283,8 +298,10 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
 def _snapshot(execution: Execution, spend: Spend, spec: JobSpec, rows_total: int | None, elapsed: float,
               tokens_per_minute: float) -> Snapshot:
     total = execution.rows_in_part(execution.reading.rows if execution.reading.rows is not None else rows_total)
-    return Snapshot(execution.done_rows, total, tokens_per_minute,
-                    sum(e.tokens_per_minute for e in spec.all_endpoints), spend.spent_usd, elapsed)
+    stated = sum(e.tokens_per_minute for e in spec.all_endpoints)
+    learned = sum(lane.quota.ledger.learned_per_minute[1] for lane in execution.engine.lanes)
+    return Snapshot(execution.done_rows, total, tokens_per_minute, stated, spend.spent_usd, elapsed,
+                    learned if learned != stated else None)
 
 
 async def _tell(listeners: Sequence[Listener], snapshot: Snapshot) -> None:

@@ -50,6 +50,9 @@ def describe(snapshot: Snapshot, rows_before: int = 0) -> str:
     total = f" of {snapshot.rows_total:,}" if snapshot.rows_total is not None else ""
     share = (f" ({snapshot.tokens_per_minute / snapshot.quota_tokens_per_minute:.0%} of quota)"
              if snapshot.quota_tokens_per_minute else "")
+    if snapshot.learned_tokens_per_minute is not None:
+        share += (f" · deployment admits ≈ {snapshot.learned_tokens_per_minute:,}/min, "
+                  f"job says {snapshot.quota_tokens_per_minute:,}")
     return (f"{snapshot.rows_done:,}{total} rows · {snapshot.tokens_per_minute:,.0f} tokens/min{share} · "
             f"${snapshot.cost_usd:,.4f} · ETA {_clock(eta_s(snapshot, rows_before))}")
 
@@ -121,6 +124,10 @@ def summary_markdown(manifest: dict[str, Any]) -> str:
         f"Tokens: {tokens['prompt']:,} prompt + {tokens['completion']:,} completion. "
         f"Prices as of {manifest['prices_as_of']}. Wall time {manifest['wall_time_s']:,.1f} s.",
     ]
+    for url, found in (manifest.get("quota_learned") or {}).items():
+        lines += ["", f"**Quota**: {url} admits ≈ {found['tokens_per_minute']:,} tokens/min and "
+                  f"{found['requests_per_minute']:,} requests/min; the job says "
+                  f"{found['job_says']['tokens_per_minute']:,} and {found['job_says']['requests_per_minute']:,}."]
     if manifest.get("bad_input"):
         lines += ["", f"Bad input: {manifest['bad_input']['rows']:,} rows (status `error`), first:"]
         lines += [f"- {line}" for line in manifest["bad_input"]["first"][:5]]

@@ -37,7 +37,9 @@ log = structlog.get_logger(__name__)
 
 #: Fraction of the quota the shared limits hand out: the rest covers credit in flight
 #: between processes (leased, not yet spent) so no window of the deployment's overflows.
-SHARE = 0.93
+#: Two chunks of saved-up credit (1/16 of a window) can only come after an idle spell;
+#: saturated, the processes together admit ``SHARE`` of the rate.
+SHARE = 0.96
 #: Credit is leased in chunks of this fraction of one window's quota.
 CHUNK = 1 / 32
 REQUEST_UNITS = 100

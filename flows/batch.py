@@ -207,6 +207,7 @@ async def process_slice(spec: JobSpec, files: list[str], progress: Earlier, inde
         leasers = [Leaser(client, shared_limits(e)) for e in spec.all_endpoints]
         execution = await execute(spec, files, progress=progress, part=(index, count),
                                   credits=[leaser.credit() for leaser in leasers],
+                                  learners=[leaser.learned for leaser in leasers],
                                   listeners=[ArtifactProgress(key=f"{PROGRESS_KEY}-{index}-of-{count}")])
     note = {
         "index": index, "count": count, "worker": worker, "input_rows": execution.reading.rows,

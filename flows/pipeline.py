@@ -169,13 +169,15 @@ async def api_key(endpoint: EndpointSpec) -> str:
     return key
 
 
-def lane_for(endpoint: EndpointSpec, key: str, price: Price | None = None, credit: Credit | None = None) -> Lane:
+def lane_for(endpoint: EndpointSpec, key: str, price: Price | None = None, credit: Credit | None = None,
+             on_learned: Callable[[float, float], Awaitable[None]] | None = None) -> Lane:
     """A deployment's client, quota and tokenizer, built on the running event loop.
 
-    ``credit``: the deployment's quota is shared with other processes (a scaled-out job).
+    ``credit``: the deployment's quota is shared with other processes (a scaled-out job);
+    ``on_learned`` hears what this process learned of the real quota, to share it.
     """
     quota = Quota(endpoint.requests_per_minute, endpoint.tokens_per_minute, window_s=endpoint.quota_window_s,
-                  credit=credit, mode=endpoint.quota, name=endpoint.url)
+                  credit=credit, mode=endpoint.quota, name=endpoint.url, on_learned=on_learned)
     return Lane(EndpointClient(endpoint, key), quota, TokenCounter(endpoint.model), endpoint.max_concurrency,
                 price=price)
 
@@ -184,7 +186,8 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
                   progress: Earlier | None = None, checkpoint: Checkpoint | None = None,
                   handle_signals: bool = True, part: tuple[int, int] | None = None,
                   credits: Sequence[Credit] | None = None, listeners: Sequence[Listener] = (),
-                  rows_total: int | None = None) -> Execution:
+                  rows_total: int | None = None,
+                  learners: Sequence[Callable[[float, float], Awaitable[None]]] | None = None) -> Execution:
     """Send every row of ``files`` not yet done through the job's deployments; publish parts.
 
     Returns when every row is done, or when the run was stopped (a signal, the budget):
@@ -193,13 +196,15 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     ``part=(i, n)``: only the shards numbered i modulo n (one of n processes sharing the
     job; ``credits``, one per endpoint, share the deployments' quotas between them, and
     the budget left is split n ways). ``listeners`` get a ``Snapshot`` every few seconds;
-    ``rows_total`` is the input's length when known beforehand.
+    ``rows_total`` is the input's length when known beforehand; ``learners``, one per
+    endpoint beside ``credits``, hear what this process learns of the real quotas.
     """
     progress = progress or Earlier(spec.shard_rows)
     keys = [await api_key(e) for e in spec.all_endpoints]
     shared = list(credits) if credits is not None else [None] * len(spec.all_endpoints)
-    lanes = [lane_for(e, key, spec.price(e.model), credit)
-             for e, key, credit in zip(spec.all_endpoints, keys, shared, strict=True)]
+    told = list(learners) if learners is not None else [None] * len(spec.all_endpoints)
+    lanes = [lane_for(e, key, spec.price(e.model), credit, learner)
+             for e, key, credit, learner in zip(spec.all_endpoints, keys, shared, told, strict=True)]
     limit = spec.budget_usd
     if limit is not None and part is not None:
         limit = progress.spent_usd + max(0.0, limit - progress.spent_usd) / part[1]

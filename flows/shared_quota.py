@@ -103,6 +103,16 @@ class Leaser:
         self.refused = 0
         self.stalled = 0
 
+    async def learned(self, tokens_share: float, requests_share: float) -> None:
+        """A process found the deployment admits this share of the stated quota: every process leases at it."""
+        async with self.writes:
+            await self.client.upsert_global_concurrency_limit_by_name(
+                self.limits.tokens_name, self.limits.token_capacity, self.limits.tokens_per_s * tokens_share)
+            await self.client.upsert_global_concurrency_limit_by_name(
+                self.limits.requests_name, self.limits.request_capacity, self.limits.requests_per_s * requests_share)
+        log.info("shared_quota_learned", limits=self.limits.tokens_name, tokens_share=round(tokens_share, 3),
+                 requests_share=round(requests_share, 3))
+
     def credit(self) -> Credit:
         """A ``Credit`` for this endpoint's ``Quota``."""
         return Credit(self.lease, token_chunk=self.limits.token_chunk, request_chunk=self.limits.request_chunk,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -325,8 +325,8 @@ class Ledger:
                 limits = (None, None)
         if self.estimate.on_limit(at, *limits):
             self._apply(at)
-        if scale != "window":
-            return
+        if scale != "window" or self.model != "sliding":
+            return  # usage of another tenant shows only in figures of a window like the copy's
         since_requests = self.total_requests - ticket.total_requests
         since_tokens = self.total_tokens - ticket.total_tokens
         gap_requests = (ticket.remaining_requests - hints.remaining_requests - since_requests
@@ -411,7 +411,8 @@ class Quota:
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
                  burst_s: float | None = None, clock: Callable[[], float] | None = None,
-                 credit: Credit | None = None, mode: QuotaMode = "cap", name: str = ""):
+                 credit: Credit | None = None, mode: QuotaMode = "cap", name: str = "",
+                 on_learned: Callable[[float, float], Awaitable[None]] | None = None):
         self._clock = clock or time.monotonic
         self.ledger = Ledger(requests_per_minute, tokens_per_minute, window_s=window_s, burst_s=burst_s,
                              now=self._clock(), mode=mode)
@@ -421,6 +422,10 @@ class Quota:
         #: Admissions that went ahead of an older waiting row (look-ahead packing).
         self.overtakes = 0
         self._told: tuple[int, int] = (requests_per_minute, tokens_per_minute)
+        #: Told (tokens share, requests share) whenever the estimate moves by a fifth: with ``credit``,
+        #: so that every process sharing the quota leases at the rate this one learned.
+        self.on_learned = on_learned
+        self._telling: set[asyncio.Task[None]] = set()
 
     async def admit(self, tokens: int) -> Ticket:
         """Wait for this request's turn and for room in every budget; then charge it."""
@@ -467,6 +472,10 @@ class Quota:
         if abs(tokens - told_tokens) <= 0.2 * told_tokens and abs(requests - told_requests) <= 0.2 * told_requests:
             return
         self._told = (requests, tokens)
+        if self.on_learned is not None:
+            task = asyncio.ensure_future(self.on_learned(self.ledger.estimate.tokens, self.ledger.estimate.requests))
+            self._telling.add(task)
+            task.add_done_callback(self._telling.discard)
         stated = (self.ledger.stated_rpm, self.ledger.stated_tpm)
         log.warning("quota_learned", endpoint=self.name, tokens_per_minute=tokens, requests_per_minute=requests,
                     job_says_tokens_per_minute=stated[1], job_says_requests_per_minute=stated[0],

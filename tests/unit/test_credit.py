@@ -86,3 +86,20 @@ def test_a_failing_lease_raises_instead_of_waiting_forever() -> None:
 
     with pytest.raises(RuntimeError, match="server gone"):
         asyncio.run(asyncio.wait_for(run(), 5))
+
+
+async def test_what_one_process_learns_is_told_to_share_it() -> None:
+    told: list[tuple[float, float]] = []
+
+    async def learned(tokens_share: float, requests_share: float) -> None:
+        told.append((tokens_share, requests_share))
+
+    now = [0.0]
+    quota = Quota(1_000, 200_000, window_s=10, clock=lambda: now[0], on_learned=learned, name="https://d")
+    quota.ledger.model = "sliding"  # past its first window
+    quota.ledger.bonus_left = (0.0, 0.0)
+    tickets = [quota.ledger.admit(0.0, 350) for _ in range(19)]  # what the window copy holds
+    now[0] = 1.0
+    quota.rate_limited(tickets[-1], retry_after_s=1.0)  # refused at a fifth of the stated window
+    await asyncio.sleep(0)
+    assert told and told[0][0] == pytest.approx(0.2, abs=0.02)

@@ -119,7 +119,7 @@ class TestLedger:
         assert ledger.delay(2.1, 3_000) > 0  # …but no saved-up burst
 
     def test_foreign_usage_in_headers_slows_admission(self) -> None:
-        ledger = Ledger(RPM, TPM, window_s=WINDOW)
+        ledger = Ledger(RPM, TPM, window_s=WINDOW, first_window=False)
         ticket = ledger.admit(0.0, 300)
         later = ledger.admit(0.0, 300)  # in flight when the first answer comes back
         # The server says 1,500 tokens less are left than the two requests explain.

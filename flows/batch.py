@@ -43,8 +43,9 @@ from prefect import flow, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.inputs import count_rows, input_format
+from flows.inputs import count_rows, input_format, scan_columns
 from flows.lease import OutputLease, holder_info
+from flows.locations import output_problem, resolved, without_output
 from flows.logs import guard_stdlib_logs
 from flows.manifest import (
     JOURNAL_FOLDER,
@@ -56,14 +57,14 @@ from flows.manifest import (
     read_manifest,
     write_manifest,
 )
-from flows.parts import PartSummary, drop_parts_beyond
+from flows.parts import PartSummary, conform_parts, drop_parts_beyond
 from flows.pipeline import BAD_INPUT_LISTED, Execution, JobError, JobStoppedError, Listener, execute
 from flows.progress import PROGRESS_KEY, SUMMARY_KEY, ArtifactProgress, summary_markdown
 from flows.progress import listeners as progress_listeners
 from flows.resume import Earlier, read_earlier
 from flows.schedule import RunDateError, publish_pointer, run_date
 from flows.storage import Storage, StorageError, redact_location, storage_for
-from schemas import JobSpec, job_from_dict, parse_job
+from schemas import InputSchema, JobSpec, PassthroughError, job_from_dict, parse_job
 
 log = structlog.get_logger(__name__)
 
@@ -77,11 +78,11 @@ def load_spec(job: str | dict[str, Any], *, input: str | None = None, output: st
     if isinstance(job, dict):
         spec = job_from_dict(job)
     else:
-        path = Path(job)
+        path = Path(job).expanduser()
         if not path.is_file():
             raise JobError(f"{job}: no such job file")
         spec = parse_job(path.read_text(), source=str(job))
-    return spec.with_overrides(input=input, output=output, endpoint_url=endpoint_url)
+    return resolved(spec.with_overrides(input=input, output=output, endpoint_url=endpoint_url))
 
 
 def _transient(_task: Any, _run: Any, state: Any) -> bool:
@@ -92,7 +93,7 @@ def _transient(_task: Any, _run: Any, state: Any) -> bool:
 @task(name="list-inputs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
 def list_inputs(spec: JobSpec) -> list[str]:
     """The prompt files the job's ``input`` names, in order."""
-    files = storage_for(spec.input).expand(spec.input)
+    files = without_output(storage_for(spec.input).expand(spec.input), spec.output)
     if not files:
         raise JobError(f"{redact_location(spec.input)}: no prompt files there")
     for location in files:
@@ -118,6 +119,20 @@ class Prepared:
     changes: list[str] = field(default_factory=list)
     #: The earlier manifest, when it is complete for exactly these inputs: nothing to do.
     complete: dict[str, Any] | None = None
+    #: The output's passthrough columns, the same in every part (``schemas.passthrough``).
+    columns: InputSchema = field(default_factory=InputSchema)
+
+
+def decide_columns(spec: JobSpec, files: list[str], previous: dict[str, Any] | None,
+                   inputs_unchanged: bool) -> InputSchema:
+    """The passthrough columns: the manifest's while the input is unchanged, else read from the input."""
+    recorded = (previous or {}).get("passthrough")
+    if recorded and inputs_unchanged:
+        return InputSchema.from_json(recorded)
+    try:
+        return scan_columns(storage_for(spec.input), files)
+    except PassthroughError as exc:
+        raise JobError(f"{redact_location(spec.input)}: {exc}") from None
 
 
 @task(name="prepare-output", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
@@ -142,13 +157,16 @@ def prepare_output(spec: JobSpec, files: list[str], retry_errors: bool, overwrit
         return Prepared(Earlier(shard_rows), current, current, complete=previous)
     if changes:
         log.warning("inputs_changed", changes=changes, action="rows are matched by id and content")
+    columns = decide_columns(spec, files, previous, inputs_unchanged=not changes)
     earlier = read_earlier(out, spec.output, shard_rows, previous, files=files, inputs_unchanged=not changes,
                            job_hash=spec.job_hash(), retry_errors=retry_errors)
+    if earlier.kept and (previous or {}).get("passthrough") != columns.to_json():
+        conform_parts(out, spec.output, list(earlier.kept), columns.passthrough)
     trusted = current if previous is None or not earlier.rebuilt else (previous or {}).get("input_fingerprints")
     write_manifest(out, spec.output, build_manifest(spec, files, list(earlier.kept.values()), status="running",
                                                     shard_rows=shard_rows, wall_time_s=0.0, fingerprints=trusted,
-                                                    run_date=day))
-    return Prepared(earlier, trusted, current, changes)
+                                                    run_date=day, columns=columns))
+    return Prepared(earlier, trusted, current, changes, columns=columns)
 
 
 @task(name="process-rows", cache_policy=NO_CACHE)
@@ -161,13 +179,13 @@ async def process_rows(spec: JobSpec, files: list[str], prepared: Prepared, day:
     async def checkpoint(parts: list[PartSummary]) -> None:
         manifest = build_manifest(spec, files, parts, status="running", shard_rows=earlier.shard_rows,
                                   wall_time_s=time.monotonic() - started, fingerprints=prepared.fingerprints,
-                                  run_date=day)
+                                  run_date=day, columns=prepared.columns)
         await asyncio.to_thread(write_manifest, out, spec.output, manifest)
 
     rows_total = await asyncio.to_thread(count_rows, storage_for(spec.input), files)
     watchers: list[Listener] = [ArtifactProgress(rows_before=earlier.rows), *progress_listeners]
     return await execute(spec, files, progress=earlier, checkpoint=checkpoint, listeners=watchers,
-                         rows_total=rows_total)
+                         rows_total=rows_total, columns=prepared.columns)
 
 
 @flow(name="promptbatch-shard")
@@ -190,12 +208,13 @@ async def run_shard(job: str | dict[str, Any], index: int, count: int, input: st
     changes = input_changes(previous, fingerprints(spec, files))
     progress = read_earlier(out, spec.output, previous.get("shard_rows", spec.shard_rows), previous, files=files,
                             inputs_unchanged=not changes, job_hash=spec.job_hash(), retry_errors=retry_errors)
-    return await process_slice(spec, files, progress, index, count)
+    columns = decide_columns(spec, files, previous, inputs_unchanged=True)
+    return await process_slice(spec, files, progress, index, count, columns)
 
 
 @task(name="process-slice", cache_policy=NO_CACHE)
 async def process_slice(spec: JobSpec, files: list[str], progress: Earlier, index: int,
-                        count: int) -> dict[str, Any]:
+                        count: int, columns: InputSchema | None = None) -> dict[str, Any]:
     """``process_rows`` for one slice, its quota leased from the Prefect server; returns its note."""
     from prefect.client.orchestration import get_client
 
@@ -208,7 +227,8 @@ async def process_slice(spec: JobSpec, files: list[str], progress: Earlier, inde
         execution = await execute(spec, files, progress=progress, part=(index, count),
                                   credits=[leaser.credit() for leaser in leasers],
                                   learners=[leaser.learned for leaser in leasers],
-                                  listeners=[ArtifactProgress(key=f"{PROGRESS_KEY}-{index}-of-{count}")])
+                                  listeners=[ArtifactProgress(key=f"{PROGRESS_KEY}-{index}-of-{count}")],
+                                  columns=columns)
     note = {
         "index": index, "count": count, "worker": worker, "input_rows": execution.reading.rows,
         "shards": sorted(p.shard for p in execution.parts if p.shard % count == index),
@@ -242,7 +262,9 @@ async def _scale_out(spec: JobSpec, files: list[str], progress: Earlier, workers
                                                       "retry_errors": retry_errors},
                         timeout=None, poll_interval=2, as_subflow=True)
         for i in range(1, workers)))
-    own, runs = await asyncio.gather(process_slice(spec, files, progress, 0, workers), children)
+    previous = read_manifest(storage_for(spec.output), spec.output)
+    columns = decide_columns(spec, files, previous, inputs_unchanged=True)
+    own, runs = await asyncio.gather(process_slice(spec, files, progress, 0, workers, columns), children)
     failed = [r for r in runs if r.state is None or not r.state.is_completed()]
     if failed:
         names = ", ".join(f"{r.name} ({r.state.name if r.state else 'unknown'})" for r in failed)
@@ -284,6 +306,9 @@ async def run_batch(job: str | dict[str, Any], input: str | None = None, output:
     except RunDateError as exc:
         raise JobError(str(exc)) from None
     spec = template.on_date(day)
+    problem = output_problem(spec.output)
+    if problem is not None:
+        raise JobError(problem)
     files = list_inputs(spec)
     with _lease(spec):
         prepared = prepare_output(spec, files, retry_errors, overwrite, day.isoformat())
@@ -359,7 +384,7 @@ async def _run(spec: JobSpec, files: list[str], prepared: Prepared, day: str, wo
                               wall_time_s=time.monotonic() - started, total_rows=total_rows,
                               stopped=stopped, bad_input=bad_input, bad_input_rows=bad_input_rows,
                               fingerprints=prepared.current if status == "complete" else prepared.fingerprints,
-                              pending=pending, run_date=day)
+                              pending=pending, run_date=day, columns=prepared.columns)
     if empty_inputs:
         manifest["empty_inputs"] = empty_inputs
         log.warning("empty_inputs", files=empty_inputs)

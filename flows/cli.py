@@ -48,6 +48,9 @@ def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
                  "(what finished is kept)")
     except StorageError as exc:
         _fail(4, f"storage: {exc}; what was committed is kept: run the job again to resume")
+    except OSError as exc:  # local disk: read-only, full, permission denied
+        where = f" {exc.filename}" if exc.filename else ""
+        _fail(4, f"storage:{where}: {exc.strerror or exc}; what was committed is kept: run the job again to resume")
     except JobStoppedError as exc:
         _print_summary(exc.summary)
         _fail(6 if exc.reason == "budget" else 5, str(exc))
@@ -115,14 +118,16 @@ def run(job_file: str, input_: str | None, output: str | None, endpoint_url: str
     """
     from flows.batch import JobError, load_spec, run_batch
     from flows.schedule import RunDateError, parse_date
+    from flows.storage import redact_location
     from schemas import JobFileError
 
     try:  # a bad job file fails here, before Prefect starts or any request is sent
-        load_spec(job_file, input=input_, output=output, endpoint_url=endpoint_url)
+        spec = load_spec(job_file, input=input_, output=output, endpoint_url=endpoint_url)
         if day is not None:
             parse_date(day)
     except (JobFileError, JobError, RunDateError) as exc:
         _fail(2, str(exc))
+    click.echo(f"reading {redact_location(spec.input)}, writing {redact_location(spec.output)}", err=True)
     with _progress_bar(show_progress):
         result = _run_job(lambda: run_batch(job_file, input=input_, output=output, endpoint_url=endpoint_url,
                                             retry_errors=retry_errors, overwrite=overwrite, date=day))

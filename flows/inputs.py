@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flows.storage import LocalStorage, Storage, redact_location
-from schemas import BadRowError, JobSpec, PromptRow, build_row
+from schemas import BadRowError, InputColumns, InputSchema, JobSpec, PromptRow, build_row
 
 Item = PromptRow | BadRowError
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -73,6 +73,28 @@ def iter_records(storage: Storage, location: str,
             yield where, BadRowError(where, "", f"expected a JSON object, got {type(record).__name__}"), line
             continue
         yield where, record, line
+
+
+def scan_columns(storage: Storage, files: list[str]) -> InputSchema:
+    """The output's passthrough columns and their types, decided from every input row before any is sent.
+
+    Parquet files are read by their schemas (the footer); JSONL files row by row (one more
+    pass over them). ``PassthroughError`` if two input columns would be passed through as one.
+    """
+    columns = InputColumns()
+    for location in files:
+        if input_format(location) == "parquet":
+            with storage.local_copy(location) as path:
+                try:
+                    schema = pq.read_schema(path)
+                except (pa.ArrowException, OSError):
+                    continue  # it stands as one bad row
+            columns.observe_schema(schema)
+            continue
+        for _, record, _ in iter_records(storage, location):
+            if not isinstance(record, BadRowError):
+                columns.observe(record)
+    return columns.decide()
 
 
 class ShardDigest:
@@ -156,12 +178,13 @@ class ShardRead:
 
 def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 512, *,
                skip: Callable[[int], bool] | None = None, reading: Reading | None = None,
-               shard_rows: int | None = None) -> Iterator[list[Item | ShardRead]]:
+               shard_rows: int | None = None, mixed_ids: bool = False) -> Iterator[list[Item | ShardRead]]:
     """Every row of every file, numbered in order and built into requests, in batches.
 
     Rows for which ``skip(seq)`` holds are counted but neither built nor yielded (they
     are done already). ``reading`` learns the input's length at the end. With
     ``shard_rows``, a ``ShardRead`` follows the last row of each shard that was not skipped.
+    ``mixed_ids``: the input's ids are integers and strings both (``InputSchema.mixed_ids``).
     """
     seq = 0
     chunk: list[Item | ShardRead] = []
@@ -181,7 +204,7 @@ def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 5
                 chunk.append(record)
             else:
                 try:
-                    chunk.append(build_row(record, seq, where, spec.prompt, spec.params))
+                    chunk.append(build_row(record, seq, where, spec.prompt, spec.params, mixed_ids=mixed_ids))
                 except BadRowError as exc:
                     chunk.append(exc)
             seq += 1

@@ -15,6 +15,8 @@ from typing import Any
 
 import structlog
 
+from workers.redact import mask
+
 _secrets: set[str] = set()
 _SAS_SIG = re.compile(r"(sig=)[^&\s'\"]+", re.I)
 _ACCOUNT_KEY = re.compile(r"(AccountKey=)[^;\s'\"]+", re.I)
@@ -27,12 +29,13 @@ def register_secret(value: str | None) -> None:
 
 
 def scrub(text: str) -> str:
-    """``text`` with every registered secret and SAS signature masked."""
+    """``text`` with every registered secret, SAS signature and echoed credential masked."""
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, "***")
     text = _SAS_SIG.sub(r"\1***", text)
-    return _ACCOUNT_KEY.sub(r"\1***", text)
+    # Credentials echoed by an endpoint or gateway, whoever's they are (``workers.redact``).
+    return mask(_ACCOUNT_KEY.sub(r"\1***", text))
 
 
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:

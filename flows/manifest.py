@@ -30,7 +30,7 @@ from flows.journal import FOLDER as JOURNAL_FOLDER
 from flows.journal import journal_segments, segment_job_hash
 from flows.parts import META_JOB_HASH, META_SHARD_ROWS, PartSummary, part_shard
 from flows.storage import Storage, redact_location
-from schemas import PRICES_AS_OF, STATUSES, JobSpec
+from schemas import PRICES_AS_OF, STATUSES, InputSchema, JobSpec
 
 MANIFEST = "_manifest.json"
 #: Where the slices of a scaled-out run leave their notes, in the output folder.
@@ -48,8 +48,11 @@ def build_manifest(spec: JobSpec, inputs: list[str], parts: list[PartSummary], *
                    wall_time_s: float, total_rows: int | None = None, stopped: str | None = None,
                    bad_input: list[str] | None = None, bad_input_rows: int = 0,
                    fingerprints: list[dict[str, Any]] | None = None, pending: PartSummary | None = None,
-                   run_date: str | None = None) -> dict[str, Any]:
-    """The job's totals, summed from its parts (and ``pending``: finished rows still in the journal)."""
+                   run_date: str | None = None, columns: InputSchema | None = None) -> dict[str, Any]:
+    """The job's totals, summed from its parts (and ``pending``: finished rows still in the journal).
+
+    ``columns``: the passthrough columns every part has (``passthrough``), reused by later runs.
+    """
     parts = sorted(parts, key=lambda p: p.shard)
     counted = parts + ([pending] if pending is not None else [])
     by_status = {s: sum(p.by_status.get(s, 0) for p in counted) for s in STATUSES}
@@ -77,6 +80,8 @@ def build_manifest(spec: JobSpec, inputs: list[str], parts: list[PartSummary], *
     }
     if run_date is not None:
         manifest["date"] = run_date
+    if columns is not None:
+        manifest["passthrough"] = columns.to_json()
     if fingerprints is not None:
         manifest["input_fingerprints"] = fingerprints
     if pending is not None:

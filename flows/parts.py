@@ -13,6 +13,7 @@ its shard's input is byte for byte the same, and a lost manifest can be rebuilt.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import tempfile
@@ -21,11 +22,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import structlog
 
 from flows.storage import Storage
-from schemas import STATUSES, output_table
+from schemas import STATUSES, conform, output_table
 
 log = structlog.get_logger(__name__)
 
@@ -59,13 +61,16 @@ class PartWriter:
     """
 
     def __init__(self, storage: Storage, folder: str, shard_rows: int,
-                 on_published: Callable[[PartSummary], Awaitable[None]] | None = None, *, job_hash: str = ""):
+                 on_published: Callable[[PartSummary], Awaitable[None]] | None = None, *, job_hash: str = "",
+                 passthrough: pa.Schema | None = None):
         self._storage = storage
         self._folder = folder
         self._shard_rows = shard_rows
         self._on_published = on_published
         self._job_hash = job_hash
-        self._open: dict[int, list[dict[str, Any]]] = {}
+        self._passthrough = passthrough
+        # (seq, record): the row's position is kept beside it, never in it (an input may have any column).
+        self._open: dict[int, list[tuple[int, dict[str, Any]]]] = {}
         self._digests: dict[int, str] = {}
         self._total_rows: int | None = None
         self._one_at_a_time = asyncio.Lock()
@@ -78,9 +83,8 @@ class PartWriter:
         if self._failure is not None:
             raise self._failure
         shard = seq // self._shard_rows
-        record["_seq"] = seq
         records = self._open.setdefault(shard, [])
-        records.append(record)
+        records.append((seq, record))
         if len(records) == self._shard_size(shard) and shard in self._digests:
             self._start_publish(shard)
 
@@ -94,7 +98,7 @@ class PartWriter:
 
     def open_records(self) -> list[dict[str, Any]]:
         """Finished rows held for shards not published yet (they are in the journal)."""
-        return [r for records in self._open.values() for r in records]
+        return [r for records in self._open.values() for _, r in records]
 
     async def finish(self, total_rows: int | None, *, complete: bool = True) -> list[PartSummary]:
         """Publish every shard that is whole, once the input's length is known; wait for all.
@@ -128,10 +132,9 @@ class PartWriter:
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
-    async def _publish(self, shard: int, records: list[dict[str, Any]]) -> None:
-        records.sort(key=lambda r: r["_seq"])
-        for record in records:
-            del record["_seq"]
+    async def _publish(self, shard: int, numbered: list[tuple[int, dict[str, Any]]]) -> None:
+        numbered.sort(key=lambda pair: pair[0])
+        records = [record for _, record in numbered]
         name = part_name(shard)
         try:
             async with self._one_at_a_time:  # one at a time, so checkpoints follow publishing order
@@ -149,7 +152,7 @@ class PartWriter:
     def _write(self, records: list[dict[str, Any]], name: str, digest: str | None) -> None:
         fd, tmp = tempfile.mkstemp(suffix=".parquet")
         os.close(fd)
-        table = output_table(records)
+        table = output_table(records, self._passthrough)
         meta = {META_JOB_HASH: self._job_hash.encode(), META_SHARD_ROWS: str(self._shard_rows).encode()}
         if digest is not None:
             meta[META_INPUT_DIGEST] = digest.encode()
@@ -193,6 +196,30 @@ def summarize(name: str, shard: int, records: list[dict[str, Any]], input_digest
         cost_by_model=dict(by_model),
         input_digest=input_digest,
     )
+
+
+def conform_parts(storage: Storage, folder: str, shards: list[int], passthrough: pa.Schema) -> list[str]:
+    """Rewrite the given parts in today's schema (see ``schemas.passthrough``), metadata kept; their names.
+
+    A part already in that schema is left alone, so a run cut short and run again does only the rest.
+    """
+    rewritten = []
+    for shard in sorted(shards):
+        location = storage.join(folder, part_name(shard))
+        table = conform(pq.read_table(io.BytesIO(storage.read_bytes(location))), passthrough)
+        if table is None:
+            continue
+        fd, tmp = tempfile.mkstemp(suffix=".parquet")
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            storage.publish(tmp, location)
+        finally:
+            os.unlink(tmp)
+        rewritten.append(part_name(shard))
+    if rewritten:
+        log.info("parts_conformed", parts=len(rewritten), reason="the output's passthrough columns changed")
+    return rewritten
 
 
 def drop_parts_beyond(storage: Storage, folder: str, total_rows: int, shard_rows: int) -> list[str]:

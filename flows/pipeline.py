@@ -23,13 +23,13 @@ from typing import Any
 
 import structlog
 
-from flows.inputs import Reading, ShardRead, iter_items, stream
+from flows.inputs import Reading, ShardRead, iter_items, scan_columns, stream
 from flows.journal import Journal
 from flows.logs import register_secret
 from flows.parts import PartSummary, PartWriter, summarize
 from flows.resume import Earlier
 from flows.storage import storage_for
-from schemas import OUTPUT_SCHEMA, BadRowError, EndpointSpec, JobSpec, Price, PromptRow
+from schemas import OUTPUT_SCHEMA, BadRowError, EndpointSpec, InputSchema, JobSpec, Price, PromptRow
 from workers import EndpointClient, Engine, Lane, Outcome, Quota, RetryPolicy, Spend, Tally, TokenCounter
 from workers.pool import DEFAULT_LOOKAHEAD
 from workers.quota import Credit
@@ -186,7 +186,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
                   progress: Earlier | None = None, checkpoint: Checkpoint | None = None,
                   handle_signals: bool = True, part: tuple[int, int] | None = None,
                   credits: Sequence[Credit] | None = None, listeners: Sequence[Listener] = (),
-                  rows_total: int | None = None,
+                  rows_total: int | None = None, columns: InputSchema | None = None,
                   learners: Sequence[Callable[[float, float], Awaitable[None]]] | None = None) -> Execution:
     """Send every row of ``files`` not yet done through the job's deployments; publish parts.
 
@@ -198,6 +198,8 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     the budget left is split n ways). ``listeners`` get a ``Snapshot`` every few seconds;
     ``rows_total`` is the input's length when known beforehand; ``learners``, one per
     endpoint beside ``credits``, hear what this process learns of the real quotas.
+    ``columns``: the output's passthrough columns, decided from the whole input
+    (``flows.inputs.scan_columns``).
     """
     progress = progress or Earlier(spec.shard_rows)
     keys = [await api_key(e) for e in spec.all_endpoints]
@@ -222,7 +224,10 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
         if checkpoint is not None:
             await checkpoint(list(parts.values()))
 
-    writer = PartWriter(out, spec.output, progress.shard_rows, on_published=published, job_hash=spec.job_hash())
+    if columns is None:
+        columns = await asyncio.to_thread(scan_columns, storage_for(spec.input), files)
+    writer = PartWriter(out, spec.output, progress.shard_rows, on_published=published, job_hash=spec.job_hash(),
+                        passthrough=columns.passthrough)
     resumed = sum(p.rows for shard, p in progress.kept.items() if part is None or shard % part[1] == part[0])
     execution = Execution([], engine.tally, engine, Reading(), resumed_rows=resumed, part=part,
                           shard_rows=progress.shard_rows)
@@ -255,7 +260,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
         shard_rows = progress.shard_rows
         skip = lambda seq: (seq // shard_rows) % count != index or progress.done_shard(seq)  # noqa: E731
     batches = iter_items(spec, storage_for(spec.input), files, skip=skip, reading=execution.reading,
-                         shard_rows=progress.shard_rows)
+                         shard_rows=progress.shard_rows, mixed_ids=columns.mixed_ids)
     journal.start()
     restore = _on_signals(engine) if handle_signals else None
     started = time.monotonic()

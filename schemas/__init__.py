@@ -16,7 +16,8 @@ from schemas.job import (
     parse_job,
 )
 from schemas.models import PRICES_AS_OF, ModelInfo, Price, TokenizerName, known_models, model_info
-from schemas.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA, STATUSES, Status, output_table, passthrough_name
+from schemas.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA, STATUSES, Status, passthrough_name
+from schemas.passthrough import InputColumns, InputSchema, PassthroughError, conform, output_table, part_schema
 from schemas.rows import BadRowError, PromptRow, build_row, derive_id, request_digest
 
 __all__ = [
@@ -27,6 +28,9 @@ __all__ = [
     "PRICES_AS_OF",
     "STATUSES",
     "BadRowError",
+    "InputColumns",
+    "InputSchema",
+    "PassthroughError",
     "EndpointSpec",
     "JobFileError",
     "JobSpec",
@@ -38,12 +42,14 @@ __all__ = [
     "Status",
     "TokenizerName",
     "build_row",
+    "conform",
     "derive_id",
     "job_from_dict",
     "known_models",
     "model_info",
     "output_table",
     "parse_job",
+    "part_schema",
     "passthrough_name",
     "placeholders",
     "pointer_folder",

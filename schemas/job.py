@@ -12,6 +12,7 @@ import hashlib
 import json
 from datetime import date
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,6 +22,9 @@ from schemas.models import Price, model_info
 
 DEFAULT_MAX_TOKENS = 1024
 AZURE_INFERENCE_API_VERSION = "2024-05-01-preview"
+#: The most YAML nodes a job file may expand to (aliases counted each time they are used): a job file
+#: is a few dozen keys; a "billion laughs" of aliases is refused before it is built.
+MAX_JOB_NODES = 10_000
 
 
 class JobFileError(ValueError):
@@ -47,7 +51,10 @@ class EndpointSpec(_Frozen):
     quota: Literal["cap", "auto"] = "cap"
     api_version: str = AZURE_INFERENCE_API_VERSION
     quota_window_s: float = Field(10.0, gt=0, le=60)
+    #: Bounds the whole request, body included (not each read).
     timeout_s: float = Field(120.0, gt=0)
+    #: The longest pause a ``retry-after`` is honoured for; a longer one is cut to this (and logged).
+    max_retry_after_s: float = Field(300.0, ge=0)
     max_concurrency: int = Field(256, gt=0, le=4096)
 
     @field_validator("url")
@@ -125,6 +132,20 @@ class JobSpec(_Frozen):
     @classmethod
     def _known_placeholders(cls, value: str) -> str:
         placeholders(value)  # raises, naming the one it does not know
+        return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _distinct_deployments(cls, value: tuple[EndpointSpec, ...] | None) -> tuple[EndpointSpec, ...] | None:
+        # The same deployment listed twice would have its quota counted twice: 429s, and an estimate
+        # twice too fast.
+        seen: dict[str, int] = {}
+        for i, endpoint in enumerate(value or ()):
+            key = normalized_url(endpoint.url)
+            if key in seen:
+                raise ValueError(f"`endpoints[{seen[key]}]` and `endpoints[{i}]` are the same deployment "
+                                 f"({key}): list each deployment once")
+            seen[key] = i
         return value
 
     @field_validator("prices")
@@ -212,10 +233,68 @@ class JobSpec(_Frozen):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def parse_job(text: str, source: str = "job file") -> JobSpec:
-    """Parse and validate YAML job text; raise ``JobFileError`` naming every bad key."""
+def normalized_url(url: str) -> str:
+    """A deployment's URL as one spelling: scheme and host lower-cased, default port and trailing ``/`` gone."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
     try:
-        data = yaml.safe_load(text)
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+
+
+class _JobLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise JobFileError(f"duplicate key `{key}` (lines {seen[key]} and {line})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_nodes(node: yaml.Node, limit: int) -> int:
+    """How many nodes ``node`` stands for once its aliases are expanded, counting no further than ``limit``."""
+    count, stack = 0, [node]
+    while stack:
+        current = stack.pop()
+        count += 1
+        if count > limit:
+            break
+        if isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+        elif isinstance(current, yaml.MappingNode):
+            for key, value in current.value:
+                stack.extend((key, value))
+    return count
+
+
+def parse_job(text: str, source: str = "job file") -> JobSpec:
+    """Parse and validate YAML job text; raise ``JobFileError`` naming every bad key.
+
+    A key given twice in a mapping is an error, and so is a file whose aliases expand past
+    ``MAX_JOB_NODES`` nodes.
+    """
+    try:
+        loader = _JobLoader(text)
+        try:
+            node = loader.get_single_node()  # type: ignore[no-untyped-call]
+            if node is not None and _expanded_nodes(node, MAX_JOB_NODES) > MAX_JOB_NODES:
+                raise JobFileError(f"{source}: expands to more than {MAX_JOB_NODES:,} YAML nodes (aliases "
+                                   "counted where they are used); a job file is a few dozen keys")
+            data = None if node is None else loader.construct_document(node)  # type: ignore[no-untyped-call]
+        finally:
+            loader.dispose()  # type: ignore[no-untyped-call]
+    except JobFileError as exc:
+        message = str(exc)
+        raise JobFileError(message if message.startswith(source) else f"{source}: {message}") from None
     except yaml.YAMLError as exc:
         raise JobFileError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

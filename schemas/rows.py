@@ -56,13 +56,17 @@ class PromptRow:
     digest: str = ""
 
 
-def build_row(record: Mapping[str, Any], seq: int, where: str, prompt: PromptSpec, params: Params) -> PromptRow:
-    """Validate one input record and turn it into a ``PromptRow``; ``BadRowError`` if it cannot be sent."""
+def build_row(record: Mapping[str, Any], seq: int, where: str, prompt: PromptSpec, params: Params, *,
+              mixed_ids: bool = False) -> PromptRow:
+    """Validate one input record and turn it into a ``PromptRow``; ``BadRowError`` if it cannot be sent.
+
+    An integer id becomes its decimal text (``7`` → ``"7"``), unless ``mixed_ids`` (other rows of the
+    input have string ids: ``7`` and ``"7"`` would be one id): then the row is refused. Any other
+    type of id (``true``, ``1.5``, an object) is refused.
+    """
     row_id = record.get("id")
     try:
-        if row_id is not None and not isinstance(row_id, str | int):
-            raise BadRowError(where, "id", f"must be a string, got {type(row_id).__name__}")
-        row_id = None if row_id is None else str(row_id)
+        row_id = _id(row_id, where, mixed_ids)
         if record.get("messages") is not None:
             messages = _messages(record["messages"], where, prompt)
         else:
@@ -82,6 +86,17 @@ def build_row(record: Mapping[str, Any], seq: int, where: str, prompt: PromptSpe
         passthrough=passthrough,
         digest=request_digest(messages, row_params),
     )
+
+
+def _id(value: Any, where: str, mixed_ids: bool) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRowError(where, "id", f"must be a string or an integer, got {type(value).__name__} {value!r}")
+    if mixed_ids:
+        raise BadRowError(where, "id", f"is the number {value} while other ids of the input are strings "
+                                       f"(it would be the same id as \"{value}\"): write ids of one type")
+    return str(value)
 
 
 def derive_id(messages: tuple[dict[str, str], ...], params: Params) -> str:

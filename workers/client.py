@@ -16,6 +16,7 @@ of ``{token, logprob, top_logprobs: [{token, logprob}]}``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from workers.errors import (
     ServerError,
     TransportError,
 )
+from workers.redact import mask, mask_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +52,9 @@ class Completion:
     model: str | None
     content: str | None
     finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
+    #: As the endpoint reported them; ``None`` where its answer had no usage (``workers.usage`` counts them).
+    prompt_tokens: int | None
+    completion_tokens: int | None
     logprobs: list[dict[str, Any]] | None
     remaining_requests: int | None = None
     remaining_tokens: int | None = None
@@ -70,6 +73,7 @@ class EndpointClient:
     def __init__(self, spec: EndpointSpec, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None):
         self.spec = spec
         self.logprobs_accepted = True
+        self._secrets = (api_key,)
         headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         if spec.api == "azure-inference":
             self._path = f"/chat/completions?api-version={spec.api_version}"
@@ -120,7 +124,8 @@ class EndpointClient:
         except httpx.HTTPError:
             return False
         if response.status_code in (401, 403):
-            raise error_from_response(response.status_code, response.content, response.headers)
+            raise error_from_response(response.status_code, mask_bytes(response.content, self._secrets),
+                                      response.headers)
         return response.status_code == 200
 
     def request_body(self, messages: tuple[dict[str, str], ...] | list[dict[str, str]], params: Params) -> tuple[dict[str, Any], dict[str, str]]:
@@ -144,15 +149,34 @@ class EndpointClient:
         return body, headers
 
     async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> Completion:
+        # httpx's timeout is per read: a body trickled a byte at a time would never trip it. The
+        # whole request, body included, gets `timeout_s`.
         try:
-            response = await self._http.post(self._path, json=body, headers=headers)
-        except httpx.TimeoutException as exc:
+            async with asyncio.timeout(self.spec.timeout_s):
+                response = await self._http.post(self._path, json=body, headers=headers)
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise TransportError(f"timed out after {self.spec.timeout_s:g}s ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
             raise TransportError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+        # The key never gets further than here, whatever the endpoint echoes back.
+        content = mask_bytes(response.content, self._secrets)
         if response.status_code != 200:
-            raise error_from_response(response.status_code, response.content, response.headers)
-        return parse_completion(response.content, response.headers)
+            raise self._bounded(error_from_response(response.status_code, content, response.headers))
+        return parse_completion(content, response.headers)
+
+    def _bounded(self, exc: EndpointError) -> EndpointError:
+        """The server's ``retry-after``, capped at ``max_retry_after_s`` and logged when it is long."""
+        asked = exc.retry_after_s
+        if asked is None:
+            return exc
+        cap = self.spec.max_retry_after_s
+        if asked > cap:
+            exc.retry_after_s = cap
+            log.warning("retry_after_capped", endpoint=self.spec.url, status=exc.status, asked_s=asked,
+                        waiting_s=cap, setting="max_retry_after_s")
+        elif asked >= 1.0:
+            log.info("retry_after_honoured", endpoint=self.spec.url, status=exc.status, waiting_s=asked)
+        return exc
 
 
 def parse_completion(content: bytes, headers: httpx.Headers | dict[str, str]) -> Completion:
@@ -165,18 +189,38 @@ def parse_completion(content: bytes, headers: httpx.Headers | dict[str, str]) ->
         return Completion(
             response_id=data.get("id"),
             model=data.get("model"),
-            content=message.get("content"),
+            # A gateway may echo the request's headers into the answer itself: no credential passes.
+            content=None if message.get("content") is None else mask(message["content"]),
             finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            prompt_tokens=_usage_count(usage, "prompt_tokens"),
+            completion_tokens=_usage_count(usage, "completion_tokens"),
             logprobs=normalize_logprobs(choice.get("logprobs")),
             remaining_requests=_int_header(headers, "x-ratelimit-remaining-requests"),
             remaining_tokens=_int_header(headers, "x-ratelimit-remaining-tokens"),
             limit_requests=_int_header(headers, "x-ratelimit-limit-requests"),
             limit_tokens=_int_header(headers, "x-ratelimit-limit-tokens"),
         )
+    except _UsageError as exc:
+        raise TransportError(f"unreadable answer: {exc}") from None
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise TransportError(f"unreadable 200 body ({len(content)} bytes): {type(exc).__name__}") from exc
+
+
+class _UsageError(ValueError):
+    """A usage figure no endpoint could have meant (negative, fractional, not a number)."""
+
+
+def _usage_count(usage: Any, name: str) -> int | None:
+    """A usage figure as a count of tokens; ``None`` when absent. Prism's mock sends -2147483648."""
+    if not isinstance(usage, dict):
+        raise _UsageError(f"`usage` is {type(usage).__name__}, not an object")
+    value = usage.get(name)
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+            or (isinstance(value, float) and not value.is_integer())):
+        raise _UsageError(f"usage.{name} is {value!r}, not a count of tokens")
+    return int(value)
 
 
 def normalize_logprobs(raw: Any) -> list[dict[str, Any]] | None:
@@ -212,6 +256,7 @@ def normalize_logprobs(raw: Any) -> list[dict[str, Any]] | None:
 def error_from_response(status: int, content: bytes, headers: httpx.Headers | dict[str, str]) -> EndpointError:
     """Classify a non-200 answer by remedy, with the code and message of whichever body shape came."""
     code, message = parse_error_body(content)
+    message = mask(message)
     retry_after = retry_after_seconds(headers)
     kwargs: dict[str, Any] = {"status": status, "code": code, "retry_after_s": retry_after}
     if code == "content_filter":

@@ -30,6 +30,7 @@ from workers.quota import Quota
 from workers.retry import RetryPolicy
 from workers.spend import BudgetExhaustedError, Spend
 from workers.tokens import TokenCounter, TokenizeError
+from workers.usage import checked_usage
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,8 @@ class Outcome:
     completion_tokens: int = 0
     #: The request's digest (``PromptRow.digest``); ``None`` for a row that could not be built.
     digest: str | None = None
+    #: The endpoint sent no usage: the tokens were counted with the model's tokenizer.
+    usage_estimated: bool = False
 
     def record(self, price: Price | None) -> dict[str, Any]:
         """The output row: our columns, then the passed-through ones."""
@@ -77,6 +80,7 @@ class Outcome:
             "attempts": self.attempts,
             "error": self.error,
             "request_digest": self.digest,
+            "usage_estimated": self.usage_estimated,
             **self.passthrough,
         }
 
@@ -375,6 +379,8 @@ class Engine:
             self._sending.add(me)
             try:
                 completion = await lane.call(item)
+                usage = checked_usage(completion, cost - item.params.max_tokens, item.params.max_tokens,
+                                      lane.counter)
             except JobAbortedError:
                 raise
             except EndpointError as exc:
@@ -390,8 +396,9 @@ class Engine:
                     return None
                 self._sending.discard(me)
                 await asyncio.sleep(pause)
-                async with lane.head:
-                    ticket = await lane.quota.admit(cost)
+                # Not behind the lane's head: the head may be waiting for budget that only this row's
+                # settling can free (the quota's own line still orders admissions).
+                ticket = await lane.quota.admit(cost)
                 continue
             finally:
                 self._sending.discard(me)
@@ -401,8 +408,9 @@ class Engine:
             outcome.latency_ms = round((time.monotonic() - sent) * 1000, 1)
             outcome.completion = completion
             outcome.status = "filtered" if completion.filtered else "ok"
-            outcome.prompt_tokens = completion.prompt_tokens
-            outcome.completion_tokens = completion.completion_tokens
+            outcome.prompt_tokens = usage.prompt_tokens
+            outcome.completion_tokens = usage.completion_tokens
+            outcome.usage_estimated = usage.estimated
             return outcome
 
     @staticmethod

@@ -127,11 +127,19 @@ def test_a_passthrough_edit_rewrites_the_part_and_sends_nothing(tmp_path: Path, 
     ok(run(str(job)))
     part = tmp_path / "out" / "part-000000.parquet"
     untouched = (tmp_path / "out" / "part-000001.parquet").stat().st_mtime_ns
+    rows[3] = {**rows[3], "k": "checked by hand"}
+    write_jsonl(prompts, rows)
+    ok(run(str(job)))
+    assert [r.get("k") for r in pq.read_table(part).to_pylist()][3] == "checked by hand"
+    assert (tmp_path / "out" / "part-000001.parquet").stat().st_mtime_ns == untouched  # its shard did not change
+    # A column new to the input: every part gets it (null where the rows have none), answers kept.
+    before = pq.read_table(tmp_path / "out" / "part-000001.parquet").to_pylist()
     rows[3] = {**rows[3], "note": "checked by hand"}
     write_jsonl(prompts, rows)
     ok(run(str(job)))
     assert [r.get("note") for r in pq.read_table(part).to_pylist()][3] == "checked by hand"
-    assert (tmp_path / "out" / "part-000001.parquet").stat().st_mtime_ns == untouched  # its shard did not change
+    after = pq.read_table(tmp_path / "out" / "part-000001.parquet").to_pylist()
+    assert after == [{**r, "note": None} for r in before]
     assert_paid_once(sim, 20)
 
 

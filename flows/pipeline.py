@@ -29,7 +29,7 @@ from flows.logs import register_secret
 from flows.parts import PartSummary, PartWriter, summarize
 from flows.resume import Earlier
 from flows.storage import storage_for
-from schemas import OUTPUT_SCHEMA, BadRowError, EndpointSpec, JobSpec, Price, PromptRow
+from schemas import OUTPUT_SCHEMA, BadRowError, EndpointSpec, JobSpec, ModelInfo, Price, PromptRow
 from workers import EndpointClient, Engine, Lane, Outcome, Quota, RetryPolicy, Spend, Tally, TokenCounter
 from workers.pool import DEFAULT_LOOKAHEAD
 from workers.quota import Credit
@@ -154,14 +154,16 @@ async def api_key(endpoint: EndpointSpec) -> str:
     return key
 
 
-def lane_for(endpoint: EndpointSpec, key: str, price: Price | None = None, credit: Credit | None = None) -> Lane:
+def lane_for(endpoint: EndpointSpec, key: str, price: Price | None = None, credit: Credit | None = None,
+             model: ModelInfo | None = None) -> Lane:
     """A deployment's client, quota and tokenizer, built on the running event loop.
 
     ``credit``: the deployment's quota is shared with other processes (a scaled-out job).
+    ``model``: the model as the job resolves it (``JobSpec.model_for``); by default the catalog's.
     """
     quota = Quota(endpoint.requests_per_minute, endpoint.tokens_per_minute, window_s=endpoint.quota_window_s,
                   credit=credit)
-    return Lane(EndpointClient(endpoint, key), quota, TokenCounter(endpoint.model), endpoint.max_concurrency,
+    return Lane(EndpointClient(endpoint, key), quota, TokenCounter(model or endpoint.model), endpoint.max_concurrency,
                 price=price)
 
 
@@ -183,7 +185,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     progress = progress or Earlier(spec.shard_rows)
     keys = [await api_key(e) for e in spec.all_endpoints]
     shared = list(credits) if credits is not None else [None] * len(spec.all_endpoints)
-    lanes = [lane_for(e, key, spec.price(e.model), credit)
+    lanes = [lane_for(e, key, spec.price(e.model), credit, spec.model_for(e))
              for e, key, credit in zip(spec.all_endpoints, keys, shared, strict=True)]
     limit = spec.budget_usd
     if limit is not None and part is not None:

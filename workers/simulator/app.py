@@ -51,7 +51,7 @@ class Simulator:
 
     def __init__(self, config: SimConfig):
         self.config = config
-        self.counter = TokenCounter(config.model)
+        self.counter = TokenCounter(config.model_info())
         self.window = SlidingWindow(config.requests_per_minute, config.tokens_per_minute, config.window_s)
         self.rng = random.Random(config.seed)
         self.stats: Counter[str] = Counter()

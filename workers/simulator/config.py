@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
+
+from schemas import ModelInfo, Price, UnknownModelError, model_info
 
 LogprobsMode = Literal["openai", "legacy", "reject"]
 FAULT_KINDS = ("server_error", "reset", "hang", "truncate", "filter", "filter_400")
@@ -16,9 +19,16 @@ class SimConfig:
     ``faults`` maps a kind from ``FAULT_KINDS`` to the share of admitted requests it
     hits (0.05 = 5%). A prompt containing ``[[filter]]`` is always refused by the
     content filter (as a 400), so tests can aim at it.
+
+    ``model`` is any name; usage is billed with ``tokenizer`` (a shipped name or a
+    file) when given, else with the catalog model's own — a model the catalog does not
+    know needs one. ``context_tokens`` overrides the model's context (default 131,072
+    for a model the catalog does not know).
     """
 
     model: str = "mistral-large-2407"
+    tokenizer: str | None = None
+    context_tokens: int | None = None
     api_key: str | None = None
     tokens_per_minute: int = 200_000
     requests_per_minute: int = 1_000
@@ -32,6 +42,17 @@ class SimConfig:
     seed: int = 0
     #: Accept the key for this many completion requests, then refuse it (a key revoked mid-job).
     revoke_after: int | None = None
+
+    def model_info(self) -> ModelInfo:
+        """The model this deployment serves, and the tokenizer it bills with."""
+        try:
+            info = model_info(self.model)
+        except UnknownModelError:
+            if self.tokenizer is None:
+                raise
+            info = ModelInfo(self.model, self.tokenizer, self.context_tokens or 131_072, Price(0.0, 0.0), None)
+        return dataclasses.replace(info, tokenizer=self.tokenizer or info.tokenizer,
+                                   context_tokens=self.context_tokens or info.context_tokens)
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULT_KINDS)

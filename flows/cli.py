@@ -201,10 +201,12 @@ def estimate(job_file: str, input_: str | None, endpoint_url: str | None, sample
 @click.option("--hang", "hang_s", default=600.0, show_default=True, help="Seconds a hung request stays open.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--revoke-after", type=int, help="Refuse the key (401) after this many completion requests.")
+@click.option("--ratelimit-headers/--no-ratelimit-headers", default=True, show_default=True,
+              help="Send x-ratelimit-remaining-* on answers.")
 def simulate(host: str, port: int, model: str, tokenizer: str | None, context_tokens: int | None,
              api_key: str | None, tokens_per_minute: int,
              requests_per_minute: int, window_s: float, latency_s: float, per_token_s: float, logprobs: str,
-             faults: str, hang_s: float, seed: int, revoke_after: int | None) -> None:
+             faults: str, hang_s: float, seed: int, revoke_after: int | None, ratelimit_headers: bool) -> None:
     """Serve an Azure serverless Mistral lookalike on HOST:PORT until interrupted."""
     from workers.simulator import SimConfig, parse_faults, serve
     from workers.tokens import TokenCounter
@@ -214,7 +216,8 @@ def simulate(host: str, port: int, model: str, tokenizer: str | None, context_to
                            tokens_per_minute=tokens_per_minute,
                            requests_per_minute=requests_per_minute, window_s=window_s, latency_s=latency_s,
                            per_token_s=per_token_s, logprobs=logprobs,  # type: ignore[arg-type]
-                           faults=parse_faults(faults), hang_s=hang_s, seed=seed, revoke_after=revoke_after)
+                           faults=parse_faults(faults), hang_s=hang_s, seed=seed, revoke_after=revoke_after,
+                           ratelimit_headers=ratelimit_headers)
         TokenCounter(config.model_info())  # a tokenizer that cannot load fails here, not on the first request
     except (ValueError, KeyError) as exc:
         _fail(2, str(exc))

@@ -273,7 +273,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                               f"requests/min; quota charged {duration['quota_tokens']:,} tokens)"),
         ("prices", ", ".join(f"{m} ${p['input']:g}/${p['output']:g} per M tokens"
                              for m, p in report["job"]["prices_per_mtok"].items())
-         + f" (as of {report['job']['prices_as_of']}"
+         + (" (the job's own" if report["job"]["prices_as_of"] == "job" else f" (as of {report['job']['prices_as_of']}")
          + (f"; job overrides {', '.join(report['job']['prices_overridden'])})" if report["job"]["prices_overridden"]
             else ")")),
         ("counted", f"{report['counting']['rows_per_s']:,} rows/s ({report['counting']['seconds']:.1f} s)"),

@@ -153,7 +153,7 @@ class Simulator:
         limits = {
             "x-ratelimit-remaining-requests": str(admission.remaining_requests),
             "x-ratelimit-remaining-tokens": str(admission.remaining_tokens),
-        }
+        } if self.config.ratelimit_headers else {}
         if not admission.admitted:
             self.stats["rate_limited"] += 1
             return self._error(429, {"error": {"code": "429", "message": "Rate limit is exceeded. Try again later."}},

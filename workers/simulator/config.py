@@ -42,6 +42,8 @@ class SimConfig:
     seed: int = 0
     #: Accept the key for this many completion requests, then refuse it (a key revoked mid-job).
     revoke_after: int | None = None
+    #: Send ``x-ratelimit-remaining-*``; Azure does not document them for serverless Mistral.
+    ratelimit_headers: bool = True
 
     def model_info(self) -> ModelInfo:
         """The model this deployment serves, and the tokenizer it bills with."""

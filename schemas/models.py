@@ -48,7 +48,7 @@ MISTRAL_LIST_AS_OF = dt.date(2024, 11, 18)
 #: interval is widened by it, and admission charges prompts this much more until the
 #: endpoint's ``usage`` has told it the real ratio. English prompts counted with another of
 #: the v2 / v3 / v7 / Tekken tokenizers land within 3–5 % (tests/unit/test_models.py); v1,
-#: whose ``[INST]`` markers are plain text, counts 7–17 % more than Tekken: describe a model
+#: whose ``[INST]`` markers are plain text, counts 8–20 % more than Tekken: describe a model
 #: with the tokenizer of its own generation.
 APPROXIMATE_SPREAD = 0.15
 

@@ -114,7 +114,7 @@ class TestDescribedModel:
                         "--no-ratelimit-headers",
                         "--tokens-per-minute", str(tpm), "--requests-per-minute", "600000",
                         "--window", str(window_s), "--latency", "0.05", "--per-token", "0")
-        write_rows(tmp_path / "in.jsonl", 200, (30, 80))
+        write_rows(tmp_path / "in.jsonl", 150, (30, 80))
         job = write_job(tmp_path, sim.url, "mistral-small-2503", tpm=tpm, window_s=window_s, max_tokens=8,
                         model=SMALL_2503)
         report = estimate(job)
@@ -124,12 +124,12 @@ class TestDescribedModel:
         manifest = run(job)
         wall = time.monotonic() - started
         stats = sim.stats()
-        assert manifest["rows"]["ok"] == 200
+        assert manifest["rows"]["ok"] == 150
         off = stats["billed_prompt_tokens"] / report["tokens"]["prompt"] - 1
         assert 0.10 <= off <= 0.15  # the counts really are that far off (low, the side that overfills)
         assert report["tokens"]["prompt_high"] >= stats["billed_prompt_tokens"], (report["tokens"], stats)
         assert stats["peak_window_tokens"] <= stats["window_token_limit"]
-        assert stats.get("rate_limited", 0) <= 2, stats  # 4 when the same counts are taken as exact
+        assert stats.get("rate_limited", 0) <= 2, stats  # 5 when the same counts are taken as exact
         busy = stats["last_admission"] - stats["first_admission"]
         utilization = (stats["admitted_tokens"] - stats["window_token_limit"]) / (busy * tpm / 60)
         print(f"\ndescribed model: counts {off:.1%} low; {stats.get('rate_limited', 0)} 429s; "

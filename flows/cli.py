@@ -194,7 +194,12 @@ def estimate(job_file: str, input_: str | None, endpoint_url: str | None, sample
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, help="0 picks a free port.")
-@click.option("--model", default="mistral-large-2407", show_default=True)
+@click.option("--model", default="mistral-large-2407", show_default=True,
+              help="Any catalog model or alias; another name needs --tokenizer.")
+@click.option("--tokenizer", default=None,
+              help="Bill with this tokenizer (v1 v2 v3 v7 v7m1 tekken tekken-240911, or a tokenizer file) "
+                   "instead of the model's own.")
+@click.option("--context-tokens", type=int, default=None, help="The model's context length (default: its own).")
 @click.option("--api-key", envvar="PROMPTBATCH_SIM_KEY", help="Accept only this key (default: any).")
 @click.option("--tokens-per-minute", default=200_000, show_default=True)
 @click.option("--requests-per-minute", default=1_000, show_default=True)
@@ -212,20 +217,24 @@ def estimate(job_file: str, input_: str | None, endpoint_url: str | None, sample
               default="window", show_default=True, help="What x-ratelimit-* headers count (sentinel: -1).")
 @click.option("--retry-after/--no-retry-after", default=True, show_default=True, help="Say how long a 429 lasts.")
 @click.option("--foreign-share", default=0.0, show_default=True, help="Another tenant's share of the quota.")
-def simulate(host: str, port: int, model: str, api_key: str | None, tokens_per_minute: int,
+def simulate(host: str, port: int, model: str, tokenizer: str | None, context_tokens: int | None,
+             api_key: str | None, tokens_per_minute: int,
              requests_per_minute: int, window_s: float, latency_s: float, per_token_s: float, logprobs: str,
              faults: str, hang_s: float, seed: int, revoke_after: int | None, metering: str, header_mode: str,
              retry_after: bool, foreign_share: float) -> None:
     """Serve an Azure serverless Mistral lookalike on HOST:PORT until interrupted."""
     from workers.simulator import SimConfig, parse_faults, serve
+    from workers.tokens import TokenCounter
 
     try:
-        config = SimConfig(model=model, api_key=api_key, tokens_per_minute=tokens_per_minute,
+        config = SimConfig(model=model, tokenizer=tokenizer, context_tokens=context_tokens, api_key=api_key,
+                           tokens_per_minute=tokens_per_minute,
                            requests_per_minute=requests_per_minute, window_s=window_s, latency_s=latency_s,
                            per_token_s=per_token_s, logprobs=logprobs,  # type: ignore[arg-type]
                            faults=parse_faults(faults), hang_s=hang_s, seed=seed, revoke_after=revoke_after,
                            metering=metering, headers=header_mode,  # type: ignore[arg-type]
                            retry_after=retry_after, foreign_share=foreign_share)
+        TokenCounter(config.model_info())  # a tokenizer that cannot load fails here, not on the first request
     except (ValueError, KeyError) as exc:
         _fail(2, str(exc))
 

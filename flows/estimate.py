@@ -27,7 +27,7 @@ from flows.logs import guard_stdlib_logs
 from flows.pipeline import JobError, api_key, lane_for
 from flows.schedule import RunDateError, run_date
 from flows.storage import redact_location, storage_for
-from schemas import PRICES_AS_OF, BadRowError, JobSpec, PromptRow, model_info
+from schemas import BadRowError, JobSpec, ModelInfo, PromptRow
 from workers import Engine, Outcome, RetryPolicy, TokenCounter, TokenizeError
 from workers.counting import CountingPool
 from workers.estimate import Counts, Deployment, Listed, Reservoir, build_estimate, fit_completions
@@ -53,9 +53,13 @@ class Counting:
         return self.total_rows / self.seconds if self.seconds > 0 else 0.0
 
 
-def _models(spec: JobSpec) -> list[str]:
-    """The job's distinct models, canonical names, in endpoint order."""
-    return list(dict.fromkeys(model_info(e.model).name for e in spec.all_endpoints))
+def _models(spec: JobSpec) -> list[ModelInfo]:
+    """The job's distinct models, as the job resolves them, in endpoint order."""
+    models: dict[str, ModelInfo] = {}
+    for endpoint in spec.all_endpoints:
+        model = spec.model_for(endpoint)
+        models.setdefault(model.name, model)
+    return list(models.values())
 
 
 @task(name="count-prompts", cache_policy=NO_CACHE)
@@ -70,7 +74,7 @@ def count_prompts(spec: JobSpec, files: list[str], sample: int = 0, seed: int = 
     model's context and template), for ``sample_completions``.
     """
     models = _models(spec)
-    counts = {name: Counts(name, model_info(name).context_tokens, completion_ratio) for name in models}
+    counts = {m.name: Counts(m.name, m.context_tokens, completion_ratio, exact=m.exact) for m in models}
     bad_input = Listed()
     reservoir: Reservoir[PromptRow] = Reservoir(sample, seed)
     reading = Reading()
@@ -89,9 +93,9 @@ def count_prompts(spec: JobSpec, files: list[str], sample: int = 0, seed: int = 
     with CountingPool(models, processes) as pool:
         for rows, results in pool.map(built()):
             sendable = [True] * len(rows)
-            for first, name in enumerate(models):
-                tally = counts[name]
-                for i, (row, result) in enumerate(zip(rows, results[name], strict=True)):
+            for first, model in enumerate(models):
+                tally = counts[model.name]
+                for i, (row, result) in enumerate(zip(rows, results[model.name], strict=True)):
                     if isinstance(result, TokenizeError):
                         tally.refuse(row.where, str(result))
                         fits = False
@@ -129,7 +133,8 @@ class Sampled:
 async def sample_completions(spec: JobSpec, rows: list[PromptRow]) -> Sampled:
     """Send ``rows`` for real (paid) through the job's deployments and collect their usage."""
     keys = [await api_key(e) for e in spec.all_endpoints]
-    lanes = [lane_for(e, key, spec.price(e.model)) for e, key in zip(spec.all_endpoints, keys, strict=True)]
+    lanes = [lane_for(e, key, spec.price(e.model), model=spec.model_for(e))
+             for e, key in zip(spec.all_endpoints, keys, strict=True)]
     engine = Engine(lanes, RetryPolicy(max_attempts=spec.max_attempts), grace_s=spec.stop_grace_s)
     outcomes: list[Outcome] = []
 
@@ -159,7 +164,7 @@ async def sample_completions(spec: JobSpec, rows: list[PromptRow]) -> Sampled:
 def sample_ceiling_usd(spec: JobSpec, rows: list[PromptRow]) -> float:
     """The most the sampled rows can cost: each at its prompt plus max_tokens, at the priciest model."""
     worst = max((spec.price(e.model) for e in spec.all_endpoints), key=lambda p: p.input_per_mtok + p.output_per_mtok)
-    counter = TokenCounter(spec.all_endpoints[0].model)
+    counter = TokenCounter(spec.model_for(spec.all_endpoints[0]))
     prompts = counter.count_many([row.messages for row in rows])
     return sum(worst.cost(p if isinstance(p, int) else 0, row.params.max_tokens)
                for row, p in zip(rows, prompts, strict=True))
@@ -203,7 +208,7 @@ async def estimate_job(job: str | dict[str, Any], input: str | None = None, endp
                                              "completion_per_prompt_token": round(fit.per_prompt_token, 5)},
         }
     basis = "sample" if fit is not None else ("ratio" if completion_ratio is not None else "none")
-    deployments = [Deployment(model_info(e.model).name, spec.price(e.model).input_per_mtok,
+    deployments = [Deployment(spec.model_for(e).name, spec.price(e.model).input_per_mtok,
                               spec.price(e.model).output_per_mtok, e.tokens_per_minute, e.requests_per_minute)
                    for e in spec.all_endpoints]
     report = build_estimate(counting.counts, deployments, total_rows=counting.total_rows,
@@ -212,7 +217,7 @@ async def estimate_job(job: str | dict[str, Any], input: str | None = None, endp
         "input": redact_location(spec.input), "files": len(files), "job_hash": spec.job_hash(),
         "models": list(counting.counts), "endpoints": len(spec.all_endpoints),
         "prices_per_mtok": {d.model: {"input": d.input_per_mtok, "output": d.output_per_mtok} for d in deployments},
-        "prices_as_of": PRICES_AS_OF.isoformat(), "prices_overridden": sorted(spec.prices),
+        "prices_as_of": spec.prices_as_of(), "prices_overridden": sorted(spec.prices),
     }
     if completion_ratio is not None:
         report["tokens"]["completion"]["ratio"] = completion_ratio
@@ -252,7 +257,11 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("rows", f"{rows['total']:,} ({rows['to_send']:,} to send, {rows['bad_input']:,} bad input, "
                  f"{rows['over_context']:,} over the context, "
                  f"{rows['refused_by_template']:,} refused by the template)"),
-        ("prompt tokens (exact)", _tokens(tokens["prompt"])),
+        (("prompt tokens (exact)", _tokens(tokens["prompt"])) if tokens.get("prompt_exact", True) else
+         ("prompt tokens (approximate)", f"{_tokens(tokens['prompt'])} ({_tokens(tokens['prompt_low'])} – "
+                                         f"{_tokens(tokens['prompt_high'])}: "
+                                         f"{', '.join(tokens['approximate_models'])} counted with a tokenizer "
+                                         "not its own)")),
         ("completion tokens expected", f"{_tokens(completion['expected'])} ({basis})"),
         ("completion tokens low – high", f"{_tokens(completion['low'])} – {_tokens(completion['high'])}"),
         ("completion tokens ceiling", f"{_tokens(completion['ceiling'])} (every row writes max_tokens)"),
@@ -264,7 +273,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                               f"requests/min; quota charged {duration['quota_tokens']:,} tokens)"),
         ("prices", ", ".join(f"{m} ${p['input']:g}/${p['output']:g} per M tokens"
                              for m, p in report["job"]["prices_per_mtok"].items())
-         + f" (as of {report['job']['prices_as_of']}"
+         + (" (the job's own" if report["job"]["prices_as_of"] == "job" else f" (as of {report['job']['prices_as_of']}")
          + (f"; job overrides {', '.join(report['job']['prices_overridden'])})" if report["job"]["prices_overridden"]
             else ")")),
         ("counted", f"{report['counting']['rows_per_s']:,} rows/s ({report['counting']['seconds']:.1f} s)"),

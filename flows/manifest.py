@@ -30,7 +30,7 @@ from flows.journal import FOLDER as JOURNAL_FOLDER
 from flows.journal import journal_segments, segment_job_hash
 from flows.parts import META_JOB_HASH, META_SHARD_ROWS, PartSummary, part_shard
 from flows.storage import Storage, redact_location
-from schemas import PRICES_AS_OF, STATUSES, InputSchema, JobSpec
+from schemas import STATUSES, InputSchema, JobSpec
 
 MANIFEST = "_manifest.json"
 #: Where the slices of a scaled-out run leave their notes, in the output folder.
@@ -70,7 +70,7 @@ def build_manifest(spec: JobSpec, inputs: list[str], parts: list[PartSummary], *
         "inputs": [redact_location(i) for i in inputs],
         "shard_rows": shard_rows,
         "models": sorted({e.model for e in spec.all_endpoints}),
-        "prices_as_of": PRICES_AS_OF.isoformat(),
+        "prices_as_of": spec.prices_as_of(),
         "rows": {"total": done, **by_status},
         "tokens": {"prompt": prompt, "completion": completion, "total": prompt + completion},
         "cost_usd": {"total": round(sum(p.cost_usd for p in counted), 6),

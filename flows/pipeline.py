@@ -29,7 +29,7 @@ from flows.logs import register_secret
 from flows.parts import PartSummary, PartWriter, summarize
 from flows.resume import Earlier
 from flows.storage import storage_for
-from schemas import OUTPUT_SCHEMA, BadRowError, EndpointSpec, InputSchema, JobSpec, Price, PromptRow
+from schemas import OUTPUT_SCHEMA, BadRowError, EndpointSpec, InputSchema, JobSpec, ModelInfo, Price, PromptRow
 from workers import EndpointClient, Engine, Lane, Outcome, Quota, RetryPolicy, Spend, Tally, TokenCounter
 from workers.pool import DEFAULT_LOOKAHEAD
 from workers.quota import Credit
@@ -170,15 +170,17 @@ async def api_key(endpoint: EndpointSpec) -> str:
 
 
 def lane_for(endpoint: EndpointSpec, key: str, price: Price | None = None, credit: Credit | None = None,
-             on_learned: Callable[[float, float], Awaitable[None]] | None = None) -> Lane:
+             on_learned: Callable[[float, float], Awaitable[None]] | None = None,
+             model: ModelInfo | None = None) -> Lane:
     """A deployment's client, quota and tokenizer, built on the running event loop.
 
     ``credit``: the deployment's quota is shared with other processes (a scaled-out job);
     ``on_learned`` hears what this process learned of the real quota, to share it.
+    ``model``: the model as the job resolves it (``JobSpec.model_for``); by default the catalog's.
     """
     quota = Quota(endpoint.requests_per_minute, endpoint.tokens_per_minute, window_s=endpoint.quota_window_s,
                   credit=credit, mode=endpoint.quota, name=endpoint.url, on_learned=on_learned)
-    return Lane(EndpointClient(endpoint, key), quota, TokenCounter(endpoint.model), endpoint.max_concurrency,
+    return Lane(EndpointClient(endpoint, key), quota, TokenCounter(model or endpoint.model), endpoint.max_concurrency,
                 price=price)
 
 
@@ -205,7 +207,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     keys = [await api_key(e) for e in spec.all_endpoints]
     shared = list(credits) if credits is not None else [None] * len(spec.all_endpoints)
     told = list(learners) if learners is not None else [None] * len(spec.all_endpoints)
-    lanes = [lane_for(e, key, spec.price(e.model), credit, learner)
+    lanes = [lane_for(e, key, spec.price(e.model), credit, learner, spec.model_for(e))
              for e, key, credit, learner in zip(spec.all_endpoints, keys, shared, told, strict=True)]
     limit = spec.budget_usd
     if limit is not None and part is not None:

@@ -10,22 +10,36 @@ from schemas.job import (
     EndpointSpec,
     JobFileError,
     JobSpec,
+    ModelSpec,
     Params,
     PromptSpec,
     job_from_dict,
     parse_job,
 )
-from schemas.models import PRICES_AS_OF, ModelInfo, Price, TokenizerName, known_models, model_info
+from schemas.models import (
+    APPROXIMATE_SPREAD,
+    PRICES_AS_OF,
+    SHIPPED_TOKENIZERS,
+    ModelInfo,
+    Price,
+    TokenizerName,
+    UnknownModelError,
+    canonical_name,
+    known_models,
+    model_info,
+)
 from schemas.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA, STATUSES, Status, passthrough_name
 from schemas.passthrough import InputColumns, InputSchema, PassthroughError, conform, output_table, part_schema
 from schemas.rows import BadRowError, PromptRow, build_row, derive_id, request_digest
 
 __all__ = [
+    "APPROXIMATE_SPREAD",
     "AZURE_INFERENCE_API_VERSION",
     "DEFAULT_MAX_TOKENS",
     "OUTPUT_COLUMNS",
     "OUTPUT_SCHEMA",
     "PRICES_AS_OF",
+    "SHIPPED_TOKENIZERS",
     "STATUSES",
     "BadRowError",
     "InputColumns",
@@ -35,13 +49,16 @@ __all__ = [
     "JobFileError",
     "JobSpec",
     "ModelInfo",
+    "ModelSpec",
     "Params",
     "Price",
     "PromptRow",
     "PromptSpec",
     "Status",
     "TokenizerName",
+    "UnknownModelError",
     "build_row",
+    "canonical_name",
     "conform",
     "derive_id",
     "job_from_dict",

@@ -8,8 +8,10 @@ lines each name the offending key by its dotted path.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 from datetime import date
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -18,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.dates import placeholders, resolve
-from schemas.models import Price, model_info
+from schemas.models import SHIPPED_TOKENIZERS, ModelInfo, Price, canonical_name, model_info, unknown_model_message
 
 DEFAULT_MAX_TOKENS = 1024
 AZURE_INFERENCE_API_VERSION = "2024-05-01-preview"
@@ -35,12 +37,54 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class PriceOverride(_Frozen):
+    """USD per million tokens for one model, replacing the built-in price."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class ModelSpec(_Frozen):
+    """A model the built-in catalog does not know, described by the job.
+
+    ``tokenizer`` is a tokenizer mistral-common ships (``v7``, ``tekken``, …) or a path to
+    a tokenizer file (``tekken.json``, ``tokenizer.model.v3``…). Counts are taken to be
+    approximate — the estimate widens its interval, admission learns the real ratio from
+    the endpoint's ``usage`` — unless ``exact`` says the tokenizer is the model's own.
+    """
+
+    name: str = Field(min_length=1)
+    tokenizer: str = Field(min_length=1)
+    context_tokens: int = Field(gt=0)
+    prices: PriceOverride
+    exact: bool = False
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _shipped_or_file(cls, value: str) -> str:
+        if value in SHIPPED_TOKENIZERS or os.path.isfile(value):
+            return value
+        raise ValueError(f"{value!r} is neither a tokenizer mistral-common ships "
+                         f"({', '.join(SHIPPED_TOKENIZERS)}) nor a tokenizer file")
+
+    def info(self) -> ModelInfo:
+        """The model as the rest of promptbatch sees it."""
+        price = Price(self.prices.input_per_mtok, self.prices.output_per_mtok)
+        return ModelInfo(self.name.strip().lower(), self.tokenizer, self.context_tokens, price, price_as_of=None,
+                         exact=self.exact)
+
+
 class EndpointSpec(_Frozen):
-    """One serverless deployment: one model, one key, one quota."""
+    """One serverless deployment: one model, one key, one quota.
+
+    ``model`` is a model's name; in the job file it may also be a ``ModelSpec`` mapping
+    (a model only this endpoint serves), which lands in ``model_spec``.
+    """
 
     url: str
     api: Literal["mistral", "azure-inference"] = "mistral"
     model: str
+    model_spec: ModelSpec | None = None
     api_key_env: str = "AZURE_MISTRAL_KEY"
     #: A Prefect Secret block holding the key, read at run time; when set, ``api_key_env`` is not used.
     api_key_secret: str | None = Field(None, min_length=1)
@@ -64,14 +108,13 @@ class EndpointSpec(_Frozen):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
-    @field_validator("model")
+    @model_validator(mode="before")
     @classmethod
-    def _known_model(cls, value: str) -> str:
-        try:
-            model_info(value)
-        except KeyError as exc:
-            raise ValueError(exc.args[0]) from None
-        return value
+    def _model_mapping(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):
+            block = data["model"]
+            data = {**data, "model": block.get("name", ""), "model_spec": block}
+        return data
 
 
 class PromptSpec(_Frozen):
@@ -106,13 +149,6 @@ class Params(_Frozen):
         return [value] if isinstance(value, str) else value
 
 
-class PriceOverride(_Frozen):
-    """USD per million tokens for one model, replacing the built-in price."""
-
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
-
-
 class JobSpec(_Frozen):
     """A validated job file."""
 
@@ -124,6 +160,8 @@ class JobSpec(_Frozen):
     params: Params = Field(default_factory=Params)
     budget_usd: float | None = Field(None, gt=0)
     prices: dict[str, PriceOverride] = {}
+    #: A model the catalog does not know, for the endpoints that name it.
+    model: ModelSpec | None = None
     shard_rows: int = Field(5_000, gt=0)
     max_attempts: int = Field(6, ge=1, le=20)
     stop_grace_s: float = Field(20.0, ge=0, le=600)
@@ -148,16 +186,6 @@ class JobSpec(_Frozen):
             seen[key] = i
         return value
 
-    @field_validator("prices")
-    @classmethod
-    def _priced_models_known(cls, value: dict[str, PriceOverride]) -> dict[str, PriceOverride]:
-        for name in value:
-            try:
-                model_info(name)
-            except KeyError as exc:
-                raise ValueError(exc.args[0]) from None
-        return value
-
     @model_validator(mode="after")
     def _one_endpoint_form(self) -> JobSpec:
         if (self.endpoint is None) == (self.endpoints is None):
@@ -178,16 +206,65 @@ class JobSpec(_Frozen):
                 raise ValueError("`params.stop` is empty: the azure-inference route wants at least one stop string")
         return self
 
+    @model_validator(mode="after")
+    def _models_known(self) -> JobSpec:
+        # Checked here, not per endpoint: the job's own `model:` block may be what names it.
+        for i, endpoint in enumerate(self.all_endpoints):
+            try:
+                self._info(endpoint.model, endpoint)
+            except KeyError:
+                where = "endpoint.model" if self.endpoint is not None else f"endpoints.{i}.model"
+                raise ValueError(f"`{where}`: {unknown_model_message(endpoint.model)}") from None
+        named = {canonical_name(e.model) for e in self.all_endpoints}
+        for name in self.prices:
+            try:
+                self._info(name)
+            except KeyError:
+                if canonical_name(name) not in named:  # a model only an endpoint's own block describes
+                    raise ValueError(f"`prices.{name}`: {unknown_model_message(name)}") from None
+        return self
+
+    def _info(self, name: str, endpoint: EndpointSpec | None = None) -> ModelInfo:
+        """A model by name: the endpoint's own block, the job's `model:` block, else the catalog."""
+        for block in (endpoint.model_spec if endpoint is not None else None, self.model):
+            if block is not None and canonical_name(block.name) == canonical_name(name):
+                return block.info()
+        return model_info(name)
+
+    def _names(self, name: str, info: ModelInfo, endpoint: EndpointSpec | None = None) -> bool:
+        """Whether ``name`` (a key of ``prices:``) is ``info``'s model under another of its names."""
+        try:
+            return self._info(name, endpoint).name == info.name
+        except KeyError:
+            return False
+
+    def model_for(self, endpoint: EndpointSpec) -> ModelInfo:
+        """The model ``endpoint`` serves, with the job's price override applied."""
+        info = self._info(endpoint.model, endpoint)
+        for name, override in self.prices.items():
+            if canonical_name(name) == canonical_name(endpoint.model) or self._names(name, info, endpoint):
+                return dataclasses.replace(info, price=Price(override.input_per_mtok, override.output_per_mtok),
+                                           price_as_of=None)
+        return info
+
+    def prices_as_of(self) -> str:
+        """The oldest built-in price the job uses (ISO date), or ``"job"`` when the job gives every one."""
+        dates = [d for d in (self.model_for(e).price_as_of for e in self.all_endpoints) if d is not None]
+        return min(dates).isoformat() if dates else "job"
+
     @property
     def all_endpoints(self) -> tuple[EndpointSpec, ...]:
         """The job's deployments, whichever form the file used."""
         return (self.endpoint,) if self.endpoint is not None else tuple(self.endpoints or ())
 
     def price(self, model: str) -> Price:
-        """The price of ``model``: the job's override, else the built-in table."""
-        info = model_info(model)
+        """The price of ``model``: the job's override, else its `model:` block's, else the built-in table."""
+        endpoint = next((e for e in self.all_endpoints if canonical_name(e.model) == canonical_name(model)), None)
+        if endpoint is not None:
+            return self.model_for(endpoint).price
+        info = self._info(model)
         for name, override in self.prices.items():
-            if model_info(name).name == info.name:
+            if self._names(name, info):
                 return Price(override.input_per_mtok, override.output_per_mtok)
         return info.price
 
@@ -227,7 +304,7 @@ class JobSpec(_Frozen):
         material = {
             "prompt": self.prompt.model_dump(),
             "params": self.params.model_dump(),
-            "models": sorted({model_info(e.model).name for e in self.all_endpoints}),
+            "models": sorted({self.model_for(e).name for e in self.all_endpoints}),
         }
         blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -311,7 +388,10 @@ def job_from_dict(data: dict[str, Any], source: str = "job") -> JobSpec:
 
 
 def _describe(error: Any) -> str:
-    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    # An endpoint's `model:` mapping is kept as `model_spec`: name the key the file has.
+    path = ".".join("model" if p == "model_spec" else str(p) for p in error["loc"]) or "(top level)"
+    if not error["loc"] and error["msg"].startswith("Value error, `"):  # the message names its key
+        return error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"unknown key `{path}`"
     if error["type"] == "missing":

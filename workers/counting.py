@@ -5,9 +5,10 @@
 ``TokenCounter.count_many`` of the conversations. Only the conversations cross to
 the workers; the payload (the caller's rows) stays here.
 
-A worker is ``python -m workers.counting MODEL…``: a fresh interpreter that imports
+A worker is ``python -m workers.counting``: a fresh interpreter that imports
 this package alone (not the caller's ``__main__``, which may be a CLI that imports
-Prefect — as ``multiprocessing`` would) and reads pickled batches on stdin, writing
+Prefect — as ``multiprocessing`` would) and reads the models (names, or a job's own
+``ModelInfo``), then pickled batches on stdin, writing
 pickled counts on stdout. Workers start with the second batch (a prompt set of one
 batch never needs them) and take a few seconds to load their tokenizers;
 meanwhile, and whenever every worker has its hands full, batches are counted here,
@@ -29,9 +30,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
+from schemas import ModelInfo
 from workers.tokens import TokenCounter, TokenizeError
 
 P = TypeVar("P")
+#: A model by its catalog name, or as a job describes it; counts are keyed by the name or ``ModelInfo.name``.
+Model = str | ModelInfo
 Conversation = Sequence[dict[str, str]]
 Counts = dict[str, list[int | TokenizeError]]
 
@@ -45,8 +49,8 @@ class CountingError(RuntimeError):
 class _Worker:
     """One counting process and the thread that reads its answers."""
 
-    def __init__(self, models: Sequence[str]):
-        self.process = subprocess.Popen([sys.executable, "-m", __name__, *models],
+    def __init__(self, models: Sequence[Model]):
+        self.process = subprocess.Popen([sys.executable, "-m", __name__],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.answers: queue.Queue[Any] = queue.Queue()
         self.ready = False
@@ -56,6 +60,7 @@ class _Worker:
         # Writes go through a thread: the worker reads a batch only once it is done with the last
         # one, and a write larger than the pipe's buffer would hold this process up until then.
         self._outbox: queue.Queue[bytes | None] = queue.Queue()
+        self._outbox.put(pickle.dumps(list(models), protocol=pickle.HIGHEST_PROTOCOL))
         threading.Thread(target=self._read, daemon=True, name="counting-reader").start()
         threading.Thread(target=self._write, daemon=True, name="counting-writer").start()
 
@@ -113,11 +118,11 @@ class _Worker:
 class CountingPool:
     """Counts batches of conversations with several models' tokenizers, here and in ``processes`` workers."""
 
-    def __init__(self, models: Sequence[str], processes: int | None = None, ahead: int = 8):
+    def __init__(self, models: Sequence[Model], processes: int | None = None, ahead: int = 8):
         self.processes = processes if processes is not None else (os.cpu_count() or 1) - 1
         self.ahead = ahead
         self._models = list(models)
-        self._local = {model: TokenCounter(model) for model in models}
+        self._local = _counters(models)
         self._workers: list[_Worker] = []
         self.counted_here = 0
         self.counted_by_workers = 0
@@ -190,9 +195,13 @@ def _count(counters: dict[str, TokenCounter], conversations: Sequence[Conversati
     return {model: counter.count_many(conversations) for model, counter in counters.items()}
 
 
-def _serve(models: Sequence[str], source: IO[bytes], sink: IO[bytes]) -> None:
-    """A worker's loop: counters loaded, then a batch in, its counts out, until end of input."""
-    counters = {model: TokenCounter(model) for model in models}
+def _counters(models: Sequence[Model]) -> dict[str, TokenCounter]:
+    return {model if isinstance(model, str) else model.name: TokenCounter(model) for model in models}
+
+
+def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
+    """A worker's loop: the models in, counters loaded, then a batch in, its counts out, until end of input."""
+    counters = _counters(pickle.load(source))
     pickle.dump(_READY, sink)
     sink.flush()
     while True:
@@ -205,4 +214,4 @@ def _serve(models: Sequence[str], source: IO[bytes], sink: IO[bytes]) -> None:
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1:], sys.stdin.buffer, sys.stdout.buffer)
+    _serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -18,6 +18,11 @@ Completion tokens are the uncertain part; they come from one of three bases:
 
 The ceiling (every row writes max_tokens) is always given: it is what a budget must
 cover and what the quota is charged at admission, so it also sets the duration.
+
+A model counted with a tokenizer that is not its own (``Counts.exact`` false) has
+approximate prompt counts: the report says so (``tokens.prompt_exact``), gives the
+prompt figure an interval of ± ``APPROXIMATE_SPREAD``, and its cost low / high /
+ceiling take the prompt at the low / high end of it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+from schemas import APPROXIMATE_SPREAD
 
 #: Rows named one by one in an estimate's lists; the rest are counted.
 LISTED = 20
@@ -57,6 +64,8 @@ class Counts:
     model: str
     context_tokens: int
     completion_ratio: float | None = None
+    #: Whether the prompt counts are the model's own tokenizer's (else approximate).
+    exact: bool = True
     rows: int = 0
     prompt_tokens: int = 0
     max_tokens: int = 0
@@ -183,7 +192,7 @@ def build_estimate(counts: dict[str, Counts], deployments: Sequence[Deployment],
         prices[d.model] = (d.input_per_mtok, d.output_per_mtok)
 
     by_model: dict[str, dict[str, Any]] = {}
-    totals = {"rows": 0.0, "prompt": 0.0, "ceiling": 0.0, "charge": 0.0}
+    totals = {"rows": 0.0, "prompt": 0.0, "prompt_low": 0.0, "prompt_high": 0.0, "ceiling": 0.0, "charge": 0.0}
     completion = {"expected": 0.0, "low": 0.0, "high": 0.0}
     cost = {"prompt": 0.0, "expected": 0.0, "low": 0.0, "high": 0.0, "ceiling": 0.0}
     for model, c in counts.items():
@@ -195,20 +204,26 @@ def build_estimate(counts: dict[str, Counts], deployments: Sequence[Deployment],
             expected, low, high = float(c.ratio_completion), 0.0, float(c.max_tokens)
         else:
             expected, low, high = math.nan, 0.0, float(c.max_tokens)
+        spread = 0.0 if c.exact else APPROXIMATE_SPREAD
+        prompt_low, prompt_high = c.prompt_tokens * (1 - spread), c.prompt_tokens * (1 + spread)
         by_model[model] = {"share": round(share, 4), "rows": c.rows, "prompt_tokens": c.prompt_tokens,
+                           "prompt_exact": c.exact,
                            "completion_tokens": _completion_dict(expected, low, high, c.max_tokens)}
         totals["rows"] += share * c.rows
         totals["prompt"] += share * c.prompt_tokens
+        totals["prompt_low"] += share * prompt_low
+        totals["prompt_high"] += share * prompt_high
         totals["ceiling"] += share * c.max_tokens
         totals["charge"] += share * (c.prompt_tokens + c.max_tokens)
         for name, value in (("expected", expected), ("low", low), ("high", high)):
             completion[name] += share * value
         prompt_cost = share * c.prompt_tokens * price_in
+        prompt_low_cost, prompt_high_cost = share * prompt_low * price_in, share * prompt_high * price_in
         cost["prompt"] += prompt_cost
         cost["expected"] += prompt_cost + share * expected * price_out
-        cost["low"] += prompt_cost + share * low * price_out
-        cost["high"] += prompt_cost + share * high * price_out
-        cost["ceiling"] += prompt_cost + share * c.max_tokens * price_out
+        cost["low"] += prompt_low_cost + share * low * price_out
+        cost["high"] += prompt_high_cost + share * high * price_out
+        cost["ceiling"] += prompt_high_cost + share * c.max_tokens * price_out
 
     token_minutes = totals["charge"] / tpm
     request_minutes = totals["rows"] / rpm
@@ -216,7 +231,9 @@ def build_estimate(counts: dict[str, Counts], deployments: Sequence[Deployment],
     report: dict[str, Any] = {
         "rows": {"total": total_rows, "to_send": round(totals["rows"]), "bad_input": bad_input.rows,
                  "over_context": first.over_context.rows, "refused_by_template": first.refused.rows},
-        "tokens": {"prompt": round(totals["prompt"]),
+        "tokens": {"prompt": round(totals["prompt"]), "prompt_exact": all(c.exact for c in counts.values()),
+                   "prompt_low": round(totals["prompt_low"]), "prompt_high": round(totals["prompt_high"]),
+                   "approximate_models": [m for m, c in counts.items() if not c.exact],
                    "completion": {**_completion_dict(completion["expected"], completion["low"], completion["high"],
                                                      round(totals["ceiling"])), "basis": basis}},
         "cost_usd": {name: (None if math.isnan(value) else round(value, 6)) for name, value in cost.items()},

@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from schemas import BadRowError, Price, PromptRow, Status
+from workers.calibration import PromptScale
 from workers.client import Completion, EndpointClient
 from workers.errors import ContentFilteredError, EndpointError, JobAbortedError, RateLimitedError, RowFailedError
 from workers.quota import Quota
@@ -92,6 +93,10 @@ class Lane:
     The key is tried on ``GET /info`` first; where that says nothing (no such route),
     calls go one at a time until the deployment has answered once with anything but
     401/403: a wrong key costs at most one request, not one per worker.
+
+    When the counter's tokenizer is not the model's own, ``scale`` learns from each
+    answer's ``usage`` what a counted prompt token really costs, and ``charge`` sizes
+    the quota charge by it (``workers.calibration``).
     """
 
     client: EndpointClient
@@ -104,6 +109,16 @@ class Lane:
     room: list[Waiting] = field(default_factory=list)
     _probe: asyncio.Lock = field(default_factory=asyncio.Lock)
     _rejected: JobAbortedError | None = None
+    scale: PromptScale | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale is None and not self.counter.exact:
+            self.scale = PromptScale()
+
+    def charge(self, prompt_tokens: int, max_tokens: int) -> int:
+        """The quota charge of a request: its prompt as the endpoint will count it, plus ``max_tokens``."""
+        billed = self.scale.charge(prompt_tokens) if self.scale is not None else prompt_tokens
+        return billed + max_tokens
 
     @property
     def model(self) -> str:
@@ -166,6 +181,8 @@ class Waiting:
     cost: int
     worst_usd: float
     since: float
+    #: The prompt tokens as counted here (``cost`` may be scaled from it).
+    counted: int = 0
 
 
 @dataclass
@@ -322,13 +339,14 @@ class Engine:
                 if pulled is None or pulled is EMPTY:
                     break
                 assert not isinstance(pulled, _Empty)
-                outcome, cost = self._prepare(lane, pulled)
-                if cost is None:
+                outcome, counted = self._prepare(lane, pulled)
+                if counted is None:
                     return outcome
-                assert isinstance(pulled, PromptRow)  # only rows that can be sent have a cost
+                assert isinstance(pulled, PromptRow)  # only rows that can be sent have a count
                 max_tokens = pulled.params.max_tokens
+                cost = lane.charge(counted, max_tokens)
                 worst = lane.price.cost(cost - max_tokens, max_tokens) if lane.price else 0.0
-                lane.room.append(Waiting(pulled, outcome, cost, worst, time.monotonic()))
+                lane.room.append(Waiting(pulled, outcome, cost, worst, time.monotonic(), counted))
             if not lane.room:
                 return None
             if not lane.key_confirmed:
@@ -405,6 +423,8 @@ class Engine:
                 self.in_flight -= 1
             lane.quota.observe(ticket, completion.remaining_requests, completion.remaining_tokens,
                                completion.limit_requests, completion.limit_tokens)
+            if lane.scale is not None and not completion.filtered and completion.prompt_tokens is not None:
+                lane.scale.learn(waiting.counted, completion.prompt_tokens)
             outcome.latency_ms = round((time.monotonic() - sent) * 1000, 1)
             outcome.completion = completion
             outcome.status = "filtered" if completion.filtered else "ok"
@@ -415,7 +435,7 @@ class Engine:
 
     @staticmethod
     def _prepare(lane: Lane, item: Item) -> tuple[Outcome, int | None]:
-        """The row's outcome-to-be and its quota charge, or a final outcome and ``None``."""
+        """The row's outcome-to-be and its counted prompt tokens, or a final outcome and ``None``."""
         if isinstance(item, BadRowError):
             return Outcome(item.seq, item.row_id, "error", error=f"bad input: {item}"), None
         outcome = Outcome(item.seq, item.id, "error", passthrough=dict(item.passthrough), model=lane.model,
@@ -430,7 +450,7 @@ class Engine:
             outcome.error = (f"bad input: {item.where}: prompt of {prompt_tokens} tokens plus max_tokens "
                              f"{item.params.max_tokens} exceeds the {context}-token context of {lane.model}")
             return outcome, None
-        return outcome, prompt_tokens + item.params.max_tokens
+        return outcome, prompt_tokens
 
 
 def _failed(outcome: Outcome, exc: EndpointError) -> Outcome:

@@ -2,7 +2,7 @@
 
 The endpoint bills prompt tokens as its tokenizer counts them, chat template included,
 and the quota is charged the same way, so admission and estimates use the same count.
-Tokenizers ship inside mistral-common: nothing is downloaded.
+Tokenizers ship inside mistral-common, or come from a file the job names: nothing is downloaded.
 
 Two ways to the same number:
 
@@ -14,11 +14,13 @@ Two ways to the same number:
   optional system message, then user and assistant turns in alternation ending with a
   user turn, every content non-empty — by raw-encoding exactly the strings the
   template encodes (the system prompt joined to the last user turn for v2/v3/Tekken,
-  to the first for v1; ``[INST] … [/INST]`` as text for v1) and adding the template's
-  special tokens (BOS, ``[INST]``/``[/INST]`` pairs, EOS after each assistant turn).
+  to the first for v1, apart between ``[SYSTEM_PROMPT]`` tokens for v7; ``[INST] … [/INST]``
+  as text for v1) and adding the template's special tokens (BOS, ``[INST]``/``[/INST]``
+  pairs, EOS after each assistant turn). Templates of other versions (a tokenizer file
+  of a newer model) are always counted the reference way.
   Nothing is approximated: the strings are the template's strings, so the counts are
   the reference's counts (``tests/unit/test_tokens.py`` checks them against each
-  other on all four tokenizers, odd whitespace and special-token look-alikes
+  other on every shipped tokenizer, odd whitespace and special-token look-alikes
   included). Every other shape goes to the reference path, errors and all.
   The strings are counted word by word through a per-process cache of each word's
   tokens (``workers.wordcache``, which says why that is exact and encodes whole
@@ -29,8 +31,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import mistral_common
 from mistral_common.protocol.instruct.messages import (
     AssistantMessage,
     SystemMessage,
@@ -38,9 +42,12 @@ from mistral_common.protocol.instruct.messages import (
     UserMessage,
 )
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
+from mistral_common.protocol.instruct.validator import ValidationMode
+from mistral_common.tokens.tokenizers.base import TokenizerVersion
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
-from schemas import TokenizerName, model_info
+from schemas import SHIPPED_TOKENIZERS, ModelInfo, model_info
 from workers.wordcache import SentencePieceWords, TekkenWords
 
 _MESSAGE_TYPES = {
@@ -55,33 +62,53 @@ class TokenizeError(ValueError):
     """The model's chat template does not accept this conversation."""
 
 
+class TokenizerFileError(ValueError):
+    """A tokenizer named by the job cannot be loaded."""
+
+
+#: Template versions whose plain shapes ``TokenCounter._plan`` knows; others are counted the reference way.
+_PLANNED = {TokenizerVersion.v1, TokenizerVersion.v2, TokenizerVersion.v3, TokenizerVersion.v7}
+
+
 @functools.cache
-def words(name: TokenizerName) -> SentencePieceWords | TekkenWords:
+def words(name: str) -> SentencePieceWords | TekkenWords:
     """Word-cached token counts of raw texts with that tokenizer, one cache per process."""
-    native: Any = tokenizer(name).instruct_tokenizer.tokenizer._model  # type: ignore[attr-defined]
-    if name == "tekken":
+    raw = tokenizer(name).instruct_tokenizer.tokenizer
+    native: Any = raw._model  # type: ignore[attr-defined]
+    if isinstance(raw, Tekkenizer):
         # No special tokens inside the tiktoken encoding: `encode_ordinary` is `encode` minus its checks.
         return TekkenWords(native.encode_ordinary if not native.special_tokens_set else native.encode)
     return SentencePieceWords(native.encode, [native.id_to_piece(i) for i in range(native.get_piece_size())])
 
 
 @functools.cache
-def tokenizer(name: TokenizerName) -> MistralTokenizer:
-    """The mistral-common tokenizer of that version, loaded once per process."""
-    if name == "tekken":
-        return MistralTokenizer.v3(is_tekken=True)
-    return {"v1": MistralTokenizer.v1, "v2": MistralTokenizer.v2, "v3": MistralTokenizer.v3}[name]()
+def tokenizer(name: str) -> MistralTokenizer:
+    """A tokenizer mistral-common ships (``SHIPPED_TOKENIZERS``) or one from a file, loaded once per process."""
+    shipped = SHIPPED_TOKENIZERS.get(name)
+    path = Path(mistral_common.__file__).parent / "data" / shipped if shipped else Path(name)
+    try:
+        return MistralTokenizer.from_file(str(path), mode=ValidationMode.test)
+    except Exception as exc:  # mistral-common raises several types for a file it cannot read
+        raise TokenizerFileError(f"cannot load tokenizer {name!r}: {exc}") from exc
 
 
 class TokenCounter:
     """Counts what one model will bill for a conversation and for a completion text."""
 
-    def __init__(self, model: str):
-        self.model = model_info(model)
+    def __init__(self, model: str | ModelInfo):
+        self.model = model if isinstance(model, ModelInfo) else model_info(model)
         self._tokenizer = tokenizer(self.model.tokenizer)
         self._raw = self._tokenizer.instruct_tokenizer.tokenizer
-        self._v1 = self.model.tokenizer == "v1"
+        version = self._raw.version
+        self._planned = version in _PLANNED
+        self._v1 = version == TokenizerVersion.v1
+        self._v7 = version == TokenizerVersion.v7
         self._words = words(self.model.tokenizer)
+
+    @property
+    def exact(self) -> bool:
+        """Whether the counts are the model's own (its tokenizer), not an approximation."""
+        return self.model.exact
 
     def _lengths(self, texts: Sequence[str]) -> list[int]:
         length = self._words.length
@@ -130,6 +157,8 @@ class TokenCounter:
 
         ``None`` for any other shape: the caller counts it the reference way.
         """
+        if not self._planned:
+            return None
         start = 1 if messages and messages[0].get("role") == "system" else 0
         turns = messages[start:]
         if not turns or len(turns) % 2 == 0:
@@ -145,6 +174,10 @@ class TokenCounter:
         last = len(turns) - 1
         strings: list[str] = []
         special = 1  # BOS
+        if self._v7 and system:  # v7 keeps the system prompt apart: [SYSTEM_PROMPT] … [/SYSTEM_PROMPT]
+            strings.append(system)
+            special += 2
+            system = None
         for i, message in enumerate(turns):
             content = message["content"]
             if i % 2:  # assistant turn: its text, then EOS

@@ -104,3 +104,24 @@ class TestQuotaAndFaults:
         with pytest.raises(httpx.HTTPError):
             post(sim, "/v1/chat/completions", {"model": "m", "messages": MESSAGES})
         assert sim.stats()["resets"] == 1
+
+
+class TestModels:
+    """The simulator serves every catalog model with its own tokenizer, and any other name with one given."""
+
+    def test_large_2411_bills_with_v7(self, simulator: Callable[..., SimulatorProcess]) -> None:
+        sim = simulator("--model", "Mistral-Large-2411", "--latency", "0")
+        usage = post(sim, "/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 5}).json()["usage"]
+        assert TokenCounter("mistral-large-2411").model.tokenizer == "v7"
+        assert usage["prompt_tokens"] == TokenCounter("mistral-large-2411").prompt_tokens(MESSAGES)
+
+    def test_any_model_with_a_tokenizer(self, simulator: Callable[..., SimulatorProcess]) -> None:
+        sim = simulator("--model", "mistral-small-2503", "--tokenizer", "v1", "--latency", "0")
+        usage = post(sim, "/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 5}).json()["usage"]
+        assert usage["prompt_tokens"] == TokenCounter("mistral-7b").prompt_tokens(MESSAGES)
+        assert httpx.get(sim.url + "/info", headers=KEY).json()["model_name"] == "mistral-small-2503"
+
+    def test_an_unknown_model_without_a_tokenizer_does_not_start(self,
+                                                                 simulator: Callable[..., SimulatorProcess]) -> None:
+        with pytest.raises(RuntimeError, match=r"unknown model 'mistral-small-2503'.*mistral-large-2411"):
+            simulator("--model", "mistral-small-2503")

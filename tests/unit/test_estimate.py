@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from schemas import APPROXIMATE_SPREAD
 from workers.estimate import Counts, Deployment, Listed, Reservoir, build_estimate, fit_completions, t95
 
 
@@ -114,3 +115,21 @@ def test_short_rows_are_bound_by_requests_and_endpoints_add_up() -> None:
     assert report["duration_s"]["at_quota"] == pytest.approx(60 * 3000 / 1_500)
     assert report["cost_usd"]["expected"] is None and report["tokens"]["completion"]["expected"] is None
     assert report["cost_usd"]["low"] == report["cost_usd"]["prompt"]
+
+
+def test_approximate_counts_are_marked_and_widen_the_interval() -> None:
+    exact, approximate = Counts("m", 131_072, completion_ratio=1.0), Counts("m", 131_072, 1.0, exact=False)
+    for counts in (exact, approximate):
+        for i in range(100):
+            counts.add(f"row {i}", 200, 100)
+    reports = [build_estimate({"m": c}, [_deployment(200_000, 1_000, "m")], total_rows=100, bad_input=Listed(),
+                              fit=None, basis="ratio") for c in (exact, approximate)]
+    sure, rough = reports
+    assert sure["tokens"]["prompt_exact"] and not rough["tokens"]["prompt_exact"]
+    assert rough["tokens"]["approximate_models"] == ["m"]
+    assert (rough["tokens"]["prompt_low"], rough["tokens"]["prompt"], rough["tokens"]["prompt_high"]) == (
+        round(20_000 * (1 - APPROXIMATE_SPREAD)), 20_000, round(20_000 * (1 + APPROXIMATE_SPREAD)))
+    assert rough["cost_usd"]["expected"] == sure["cost_usd"]["expected"]
+    assert rough["cost_usd"]["low"] < sure["cost_usd"]["low"]
+    assert rough["cost_usd"]["high"] > sure["cost_usd"]["high"]
+    assert rough["cost_usd"]["ceiling"] == pytest.approx(sure["cost_usd"]["ceiling"] + 20_000 * 0.15 * 2 / 1e6)

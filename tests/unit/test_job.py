@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas import JobFileError, Price, parse_job
+from schemas import PRICES_AS_OF, JobFileError, Price, parse_job
 
 BASE = """
 input: prompts/*.jsonl
@@ -102,3 +102,62 @@ class TestOverridesAndPrices:
         assert base.job_hash() == base.with_overrides(output="elsewhere/").job_hash()
         assert base.job_hash() != parse_job(BASE.replace("max_tokens: 256", "max_tokens: 257")).job_hash()
         assert base.job_hash() != parse_job(BASE.replace("Italian", "French")).job_hash()
+
+
+SMALL_2503 = ("model:\n  name: mistral-small-2503\n  tokenizer: tekken\n  context_tokens: 131072\n"
+              "  prices: {input_per_mtok: 0.1, output_per_mtok: 0.3}\n")
+
+
+class TestModels:
+    """Built-in models by every spelling, and models a job describes itself."""
+
+    @pytest.mark.parametrize(("name", "canonical", "tokenizer"), [
+        ("mistral-large-2411", "mistral-large-2411", "v7"),
+        ("Mistral-Large-2411", "mistral-large-2411", "v7"),
+        ("mistral-large-latest", "mistral-large-2411", "v7"),
+        ("mistral-small-2409", "mistral-small-2409", "tekken"),
+        ("ministral-8b-latest", "ministral-8b-2410", "tekken"),
+        ("codestral-2405", "codestral-2405", "v3"),
+        ("pixtral-12b", "pixtral-12b-2409", "tekken-240911"),
+    ])
+    def test_builtin_names_and_aliases(self, name: str, canonical: str, tokenizer: str) -> None:
+        spec = parse_job(BASE.replace("mistral-large-2407", name))
+        info = spec.model_for(spec.all_endpoints[0])
+        assert (info.name, info.tokenizer, info.exact) == (canonical, tokenizer, True)
+
+    def test_unknown_model_says_how_to_add_one(self) -> None:
+        with pytest.raises(JobFileError, match=r"`endpoint.model`: unknown model 'mistral-small-2503'; known: "
+                                               r".*mistral-large-2411.*add a `model:` block"):
+            parse_job(BASE.replace("mistral-large-2407", "mistral-small-2503"))
+
+    def test_a_job_model_block_is_approximate_and_priced(self) -> None:
+        spec = parse_job(BASE.replace("mistral-large-2407", "mistral-small-2503") + SMALL_2503)
+        info = spec.model_for(spec.all_endpoints[0])
+        assert (info.tokenizer, info.context_tokens, info.exact, info.price_as_of) == ("tekken", 131072, False, None)
+        assert spec.price("mistral-small-2503") == Price(0.1, 0.3)
+        assert spec.prices_as_of() == "job"
+        overridden = parse_job(BASE.replace("mistral-large-2407", "mistral-small-2503") + SMALL_2503
+                               + "prices: {mistral-small-2503: {input_per_mtok: 0.2, output_per_mtok: 0.6}}\n")
+        assert overridden.price("mistral-small-2503") == Price(0.2, 0.6)
+
+    def test_an_endpoint_may_describe_its_own_model(self) -> None:
+        block = ("{name: mistral-medium-2505, tokenizer: v7, context_tokens: 131072, exact: false, "
+                 "prices: {input_per_mtok: 0.4, output_per_mtok: 2}}")
+        spec = parse_job(BASE.replace("model: mistral-large-2407", f"model: {block}"))
+        endpoint = spec.all_endpoints[0]
+        assert endpoint.model == "mistral-medium-2505"
+        assert spec.model_for(endpoint).tokenizer == "v7" and spec.price("mistral-medium-2505") == Price(0.4, 2.0)
+
+    def test_a_tokenizer_file_or_a_shipped_name(self, tmp_path: Path) -> None:
+        tokenizer = tmp_path / "tekken.json"
+        tokenizer.write_text("{}")
+        spec = parse_job(BASE.replace("mistral-large-2407", "mistral-small-2503")
+                         + SMALL_2503.replace("tokenizer: tekken", f"tokenizer: {tokenizer}") + "  exact: true\n")
+        assert spec.model_for(spec.all_endpoints[0]).exact
+        with pytest.raises(JobFileError, match=r"`model.tokenizer`: 'v9' is neither a tokenizer mistral-common ships"):
+            parse_job(BASE.replace("mistral-large-2407", "mistral-small-2503")
+                      + SMALL_2503.replace("tokenizer: tekken", "tokenizer: v9"))
+
+    def test_prices_as_of_is_the_oldest_builtin_figure(self) -> None:
+        assert parse_job(BASE).prices_as_of() == PRICES_AS_OF.isoformat()
+        assert parse_job(BASE.replace("mistral-large-2407", "mistral-large-2411")).prices_as_of() == "2024-11-18"

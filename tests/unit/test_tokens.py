@@ -8,7 +8,9 @@ import pytest
 
 from workers.tokens import TokenCounter, TokenizeError
 
-MODELS = ["mistral-7b", "mistral-large-2402", "mistral-large-2407", "mistral-nemo-2407"]  # v1, v2, v3, Tekken
+# v1, v2, v3, v7, v7m1, Tekken 240718, Tekken 240911
+MODELS = ["mistral-7b", "mistral-large-2402", "mistral-large-2407", "mistral-large-2411", "pixtral-large-2411",
+          "mistral-nemo-2407", "pixtral-12b-2409"]
 
 # Strings that sit on the template's seams: leading/trailing blanks and newlines (joined to the
 # system prompt with "\n\n"), special-token look-alikes, non-Latin scripts, emoji, digits.

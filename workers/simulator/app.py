@@ -54,7 +54,7 @@ class Simulator:
 
     def __init__(self, config: SimConfig):
         self.config = config
-        self.counter = TokenCounter(config.model)
+        self.counter = TokenCounter(config.model_info())
         self.window = meter(config.metering, config.requests_per_minute, config.tokens_per_minute, config.window_s,
                             time.monotonic())
         self.minute = MinuteTally(config.requests_per_minute, config.tokens_per_minute)

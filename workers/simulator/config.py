@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from schemas import ModelInfo, Price, UnknownModelError, model_info
 from workers.simulator.metering import Metering
 
 LogprobsMode = Literal["openai", "legacy", "reject"]
@@ -22,9 +24,16 @@ class SimConfig:
     ``faults`` maps a kind from ``FAULT_KINDS`` to the share of admitted requests it
     hits (0.05 = 5%). A prompt containing ``[[filter]]`` is always refused by the
     content filter (as a 400), so tests can aim at it.
+
+    ``model`` is any name; usage is billed with ``tokenizer`` (a shipped name or a
+    file) when given, else with the catalog model's own — a model the catalog does not
+    know needs one. ``context_tokens`` overrides the model's context (default 131,072
+    for a model the catalog does not know).
     """
 
     model: str = "mistral-large-2407"
+    tokenizer: str | None = None
+    context_tokens: int | None = None
     api_key: str | None = None
     tokens_per_minute: int = 200_000
     requests_per_minute: int = 1_000
@@ -45,6 +54,17 @@ class SimConfig:
     retry_after: bool = True
     #: Another tenant of the deployment, using this share of its quota (0.3 = 30 %).
     foreign_share: float = 0.0
+
+    def model_info(self) -> ModelInfo:
+        """The model this deployment serves, and the tokenizer it bills with."""
+        try:
+            info = model_info(self.model)
+        except UnknownModelError:
+            if self.tokenizer is None:
+                raise
+            info = ModelInfo(self.model, self.tokenizer, self.context_tokens or 131_072, Price(0.0, 0.0), None)
+        return dataclasses.replace(info, tokenizer=self.tokenizer or info.tokenizer,
+                                   context_tokens=self.context_tokens or info.context_tokens)
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULT_KINDS)

@@ -138,7 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-scale", type=float, default=1.0, help="k: quotas ×k, windows and latency ÷k")
     parser.add_argument("--unlimited", action="store_true", help="quotas so large they never bind")
     parser.add_argument("--shard-rows", type=int, default=5000)
-    parser.add_argument("--lookahead", type=int, default=DEFAULT_LOOKAHEAD, help="rows per deployment waiting to be packed")
+    parser.add_argument("--lookahead", type=int, default=DEFAULT_LOOKAHEAD,
+                        help="rows per deployment waiting to be packed")
     parser.add_argument("--matrix", action="store_true", help="run every world of MATRIX; one row each")
     parser.add_argument("--parallel", type=int, default=5, help="worlds run at once by --matrix")
     parser.add_argument("--only", help="with --matrix: the worlds whose name contains this")
@@ -175,7 +176,8 @@ def run_matrix(args: argparse.Namespace) -> None:
         except (ValueError, IndexError):
             return name, {"failed": done.stderr[-500:]}
 
-    print(f"{'world':28s} {'steady':>7s} {'credited':>8s} {'429s':>12s} {'rows':>5s} {'span s':>7s}  learned tokens/min")
+    print(f"{'world':28s} {'steady':>7s} {'credited':>8s} {'429s':>12s} {'rows':>5s} {'span s':>7s}  "
+          "learned tokens/min")
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         for name, f in pool.map(one, worlds):
             if "failed" in f:
@@ -245,7 +247,8 @@ def run_world(args: argparse.Namespace) -> dict[str, Any]:
         f"deployments          {len(sims)} × {real_tpm:,} tokens/min, {real_rpm:,} requests/min, {window:g}s "
         f"{args.metering} window, headers {args.headers}, retry-after {'yes' if args.retry_after else 'no'}, "
         f"another tenant {args.foreign_share:.0%} (time scale ×{k:g})",
-        f"the job states       {tpm:,} tokens/min, {rpm:,} requests/min, {job_window:g}s window, quota {args.quota_mode}",
+        f"the job states       {tpm:,} tokens/min, {rpm:,} requests/min, {job_window:g}s window, "
+        f"quota {args.quota_mode}",
         f"wall time            {wall:.1f} s   (admission span {span:.1f} s)",
     ]
     if not args.unlimited:

@@ -128,7 +128,10 @@ class EndpointClient:
                                       response.headers)
         return response.status_code == 200
 
-    def request_body(self, messages: tuple[dict[str, str], ...] | list[dict[str, str]], params: Params) -> tuple[dict[str, Any], dict[str, str]]:
+    def request_body(
+            self, messages: tuple[dict[str, str], ...] | list[dict[str, str]],
+            params: Params,
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         """The JSON body and extra headers for this route: only fields the route knows."""
         body: dict[str, Any] = {"model": self.spec.model, "messages": list(messages), "max_tokens": params.max_tokens}
         for name in ("temperature", "top_p", "stop", "response_format", "presence_penalty", "frequency_penalty"):
@@ -245,7 +248,8 @@ def normalize_logprobs(raw: Any) -> list[dict[str, Any]] | None:
                 "token": token,
                 "logprob": float(logprob),
                 "top_logprobs": [
-                    {"token": t, "logprob": float(lp)} for t, lp in (tops[i] if i < len(tops) and tops[i] else {}).items()
+                    {"token": t, "logprob": float(lp)}
+                    for t, lp in (tops[i] if i < len(tops) and tops[i] else {}).items()
                 ],
             }
             for i, (token, logprob) in enumerate(zip(raw["tokens"], raw.get("token_logprobs") or [], strict=False))

@@ -90,7 +90,8 @@ def test_run_batch_on_azurite(blob_env: Azurite, simulator: Callable[..., Simula
     parts, manifest = read_output(f"az://{container}/out/")
     assert len(parts) == 4  # 200 rows in shards of 50
     rows = pa.concat_tables(parts, promote_options="permissive").to_pylist()
-    assert sorted(r["id"] for r in rows) == sorted([f"j{i}" for i in range(N_JSONL)] + [f"p{i}" for i in range(N_PARQUET)])
+    expected = [f"j{i}" for i in range(N_JSONL)] + [f"p{i}" for i in range(N_PARQUET)]
+    assert sorted(r["id"] for r in rows) == sorted(expected)
     assert [parts[0].schema.field(n).type for n in OUTPUT_SCHEMA.names] == list(OUTPUT_SCHEMA.types)
 
     price = Price(2.0, 6.0)

@@ -16,7 +16,8 @@ KEY = {"Authorization": "Bearer k"}
 MESSAGES = [{"role": "system", "content": "Translate."}, {"role": "user", "content": "The cat sleeps on the mat."}]
 
 
-def post(sim: SimulatorProcess, path: str, body: dict[str, object], headers: dict[str, str] | None = None) -> httpx.Response:
+def post(sim: SimulatorProcess, path: str, body: dict[str, object],
+         headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.post(sim.url + path, json=body, headers={**KEY, **(headers or {})}, timeout=30)
 
 

@@ -16,7 +16,8 @@ def test_lines_survive_any_chunking(size: int) -> None:
 
 @pytest.mark.parametrize(
     ("name", "fmt"),
-    [("a.jsonl", "jsonl"), ("az://c/a.JSONL", "jsonl"), ("https://x/c/a.parquet?sig=s", "parquet"), ("b.pq", "parquet")],
+    [("a.jsonl", "jsonl"), ("az://c/a.JSONL", "jsonl"), ("https://x/c/a.parquet?sig=s", "parquet"),
+     ("b.pq", "parquet")],
 )
 def test_input_format(name: str, fmt: str) -> None:
     assert input_format(name) == fmt

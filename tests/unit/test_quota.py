@@ -86,7 +86,8 @@ class TestLedger:
         # (that small requests cannot overtake it meanwhile is the admission line's job: see below)
 
     def test_younger_rows_fill_the_window_edge_for_two_windows_at_most(self) -> None:
-        ledger = Ledger(60_000, 6_000, window_s=1.0, burst_s=1.0, guard_s=0.0, first_window=False)  # 100 tokens per second
+        # 100 tokens per second
+        ledger = Ledger(60_000, 6_000, window_s=1.0, burst_s=1.0, guard_s=0.0, first_window=False)
         ledger.admit(0.0, 70)
         assert ledger.choose(0.0, [40, 50, 30], oldest_waited_s=0.0) == (2, 0.0)  # 30 fits, 40 does not
         ledger.admit(0.0, 30)

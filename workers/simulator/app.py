@@ -31,8 +31,8 @@ from typing import Any
 from aiohttp import web
 
 from workers.simulator.config import SimConfig
-from workers.simulator.text import fabricate, fabricate_logprobs, prompt_digest
 from workers.simulator.metering import MinuteTally, meter
+from workers.simulator.text import fabricate, fabricate_logprobs, prompt_digest
 from workers.tokens import TokenCounter, TokenizeError
 
 NATIVE_FIELDS = frozenset({
@@ -148,7 +148,8 @@ class Simulator:
         if (denied := self._authorize(request)) is not None:
             return denied
         if not request.query.get("api-version"):
-            return self._error(400, {"error": {"code": "BadRequest", "message": "The api-version query parameter is required."}})
+            return self._error(400, {"error": {"code": "BadRequest",
+                                               "message": "The api-version query parameter is required."}})
         body, problem = await _json_body(request)
         if problem is not None:
             return problem
@@ -178,7 +179,8 @@ class Simulator:
         try:
             prompt_tokens = self.counter.reference_prompt_tokens(messages)
         except TokenizeError as exc:
-            return self._error(400, {"object": "error", "message": str(exc), "type": "invalid_request_error", "code": None})
+            return self._error(400, {"object": "error", "message": str(exc), "type": "invalid_request_error",
+                                     "code": None})
         if prompt_tokens + max_tokens > self.counter.model.context_tokens:
             return self._error(400, {"object": "error", "type": "invalid_request_error", "code": None, "message": (
                 f"Prompt contains {prompt_tokens} tokens and {max_tokens} draft tokens, too large for model "
@@ -221,14 +223,16 @@ class Simulator:
 
         fab = fabricate(messages, max_tokens, self.counter, self.config.seed)
         finish = "content_filter" if fault == "filter" else fab.finish_reason
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": fab.text if finish != "content_filter" else ""},
+        content = fab.text if finish != "content_filter" else ""
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
                                   "finish_reason": finish}
         if body.get("logprobs") and finish != "content_filter":
             shape = "legacy" if self.config.logprobs == "legacy" else "openai"
             choice["logprobs"] = fabricate_logprobs(fab, self.counter, shape, int(body.get("top_logprobs") or 0))
         completion_tokens = len(fab.tokens) if finish != "content_filter" else 0
         payload = {
-            "id": uuid.uuid4().hex, "object": "chat.completion", "created": int(time.time()), "model": self.config.model,
+            "id": uuid.uuid4().hex, "object": "chat.completion", "created": int(time.time()),
+            "model": self.config.model,
             "choices": [choice],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
@@ -282,8 +286,8 @@ class Simulator:
                 and not revoked:
             return None
         self.stats["unauthorized"] += 1
-        return self._error(401, {"error": {"code": "Unauthorized", "message": "Access denied due to invalid "
-                                           "subscription key or wrong API endpoint. Make sure to provide a valid key."}})
+        return self._error(401, {"error": {"code": "Unauthorized", "message": (
+            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key.")}})
 
     def _check_messages(self, messages: Any) -> web.StreamResponse | None:
         if isinstance(messages, list) and messages and all(
@@ -308,7 +312,8 @@ class Simulator:
         status, body = self.rng.choice([
             (500, {"detail": "Internal Server Error"}),
             (502, {"message": "upstream connect error or disconnect/reset before headers"}),
-            (503, {"object": "error", "message": "Service temporarily unavailable", "type": "internal_error", "code": "503"}),
+            (503, {"object": "error", "message": "Service temporarily unavailable", "type": "internal_error",
+                   "code": "503"}),
         ])
         return self._error(status, body)
 

@@ -204,6 +204,11 @@ class JobSpec(_Frozen):
                                  "route accepts (the mistral route takes up to 1.5)")
             if p.stop is not None and not p.stop:
                 raise ValueError("`params.stop` is empty: the azure-inference route wants at least one stop string")
+        if any(e.api == "mistral" for e in self.all_endpoints):
+            for name in ("presence_penalty", "frequency_penalty"):
+                if getattr(self.params, name) is not None:
+                    raise ValueError(f"`params.{name}` is not a field of the mistral route in Mistral's published "
+                                     "contract (it refuses unknown fields): use api: azure-inference, or drop it")
         return self
 
     @model_validator(mode="after")

@@ -136,8 +136,12 @@ class EndpointClient:
         body: dict[str, Any] = {"model": self.spec.model, "messages": list(messages), "max_tokens": params.max_tokens}
         for name in ("temperature", "top_p", "stop", "response_format", "presence_penalty", "frequency_penalty"):
             value = getattr(params, name)
-            if value is not None:
-                body[name] = value
+            if value is None:
+                continue
+            if self.spec.api == "mistral" and name.endswith("_penalty"):
+                # Mistral's published contract (2024-08) declares no penalties and refuses unknown fields.
+                raise RowFailedError(f"`params.{name}` is not a field of the mistral route (use api: azure-inference)")
+            body[name] = value
         headers: dict[str, str] = {}
         if params.seed is not None:
             body["random_seed" if self.spec.api == "mistral" else "seed"] = params.seed
@@ -149,6 +153,8 @@ class EndpointClient:
             body["logprobs"] = True
             if params.top_logprobs is not None:
                 body["top_logprobs"] = params.top_logprobs
+            if self.spec.api == "azure-inference":  # not declared by the inference API: an extra parameter
+                headers["extra-parameters"] = "pass-through"
         return body, headers
 
     async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> Completion:

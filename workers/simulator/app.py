@@ -37,8 +37,7 @@ from workers.tokens import TokenCounter, TokenizeError
 
 NATIVE_FIELDS = frozenset({
     "model", "messages", "temperature", "top_p", "max_tokens", "min_tokens", "stream", "stop", "random_seed",
-    "response_format", "tools", "tool_choice", "safe_prompt", "ignore_eos", "presence_penalty",
-    "frequency_penalty", "n",
+    "response_format", "tools", "tool_choice", "safe_prompt", "ignore_eos", "n",
 })
 INFERENCE_FIELDS = frozenset({
     "model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop", "seed", "response_format",

@@ -23,7 +23,6 @@ import json
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any
 
 import httpx
@@ -219,7 +218,7 @@ def test_key_probe_is_valid_on_the_azure_contract(prism: dict[str, str]) -> None
 
 
 def test_penalties_are_refused_before_the_mistral_route() -> None:
-    """What the Mistral contract would refuse fails before it is sent: the job names the key, a row's override its row."""
+    """What the Mistral contract would refuse fails before it is sent: the job names the key, a row its row."""
     from schemas import JobFileError, job_from_dict
     from workers.errors import RowFailedError
 

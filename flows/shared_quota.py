@@ -37,8 +37,8 @@ log = structlog.get_logger(__name__)
 
 #: Fraction of the quota the shared limits hand out: the rest covers credit in flight
 #: between processes (leased, not yet spent) so no window of the deployment's overflows.
-#: Two chunks of saved-up credit (1/16 of a window) can only come after an idle spell;
-#: saturated, the processes together admit ``SHARE`` of the rate.
+#: The limits hold one chunk (1/32 of a window), so at worst a window sees ``SHARE`` of its
+#: allowance plus one chunk: 0.96 + 0.03 < 1.
 SHARE = 0.96
 #: Credit is leased in chunks of this fraction of one window's quota.
 CHUNK = 1 / 32
@@ -71,8 +71,8 @@ def shared_limits(endpoint: EndpointSpec) -> SharedLimits:
     return SharedLimits(
         tokens_name=f"promptbatch-quota-{digest}-tokens",
         requests_name=f"promptbatch-quota-{digest}-requests",
-        token_capacity=2 * token_chunk,
-        request_capacity=2 * request_chunk * REQUEST_UNITS,
+        token_capacity=token_chunk,
+        request_capacity=request_chunk * REQUEST_UNITS,
         tokens_per_s=SHARE * endpoint.tokens_per_minute / 60,
         requests_per_s=SHARE * endpoint.requests_per_minute / 60 * REQUEST_UNITS,
         token_chunk=token_chunk,

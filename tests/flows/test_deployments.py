@@ -24,7 +24,7 @@ from workers.simulator import prompt_digest
 pytestmark = pytest.mark.integration
 
 PREFECT = [sys.executable, "-m", "prefect"]
-ROWS = 900
+ROWS = 600
 WORDS = "the council approved budget after debate heavy rain expected across north museum reopen month".split()
 
 

@@ -48,7 +48,7 @@ def test_headers_at_minus_one_or_absent_do_not_slow_the_job(
     monkeypatch.setenv("TEST_SIM_KEY", KEY)
     sim = simulator("--api-key", KEY, "--tokens-per-minute", "600000", "--requests-per-minute", "3000",
                     "--window", "2", "--headers", headers, "--latency", "0.05", "--per-token", "0.0005")
-    result = CliRunner().invoke(main, ["run", "--no-progress", str(job(tmp_path, sim.url, 240, 600_000, 3_000, 2))])
+    result = CliRunner().invoke(main, ["run", "--no-progress", str(job(tmp_path, sim.url, 160, 600_000, 3_000, 2))])
     assert result.exit_code == 0, result.output[-3000:]
     stats = sim.stats()
     # The job once read -1 as "nothing left" and crawled at a tenth of the quota.
@@ -61,7 +61,7 @@ def test_an_overstated_quota_is_learned_and_said(tmp_path: Path, simulator: Call
     sim = simulator("--api-key", KEY, "--tokens-per-minute", "120000", "--requests-per-minute", "600",
                     "--window", "2", "--headers", "none", "--latency", "0.05", "--per-token", "0.0005")
     result = CliRunner().invoke(main, ["run", "--no-progress",
-                                       str(job(tmp_path, sim.url, 200, 600_000, 3_000, 2))])  # 5× the real one
+                                       str(job(tmp_path, sim.url, 120, 600_000, 3_000, 2))])  # 5× the real one
     assert result.exit_code == 0, result.output[-3000:]
     assert "quota_learned" in result.output and "the deployment admits ≈" in result.output
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())

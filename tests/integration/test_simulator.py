@@ -120,7 +120,8 @@ class TestModels:
         sim = simulator("--model", "mistral-small-2503", "--tokenizer", "v1", "--latency", "0")
         usage = post(sim, "/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 5}).json()["usage"]
         assert usage["prompt_tokens"] == TokenCounter("mistral-7b").prompt_tokens(MESSAGES)
-        assert httpx.get(sim.url + "/info", headers=KEY).json()["model_name"] == "mistral-small-2503"
+        assert httpx.get(sim.url + "/info?api-version=2024-05-01-preview", headers=KEY).json()["model_name"] == \
+        "mistral-small-2503"
 
     def test_an_unknown_model_without_a_tokenizer_does_not_start(self,
                                                                  simulator: Callable[..., SimulatorProcess]) -> None:

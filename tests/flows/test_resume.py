@@ -206,7 +206,7 @@ def test_storage_outage_fails_clearly_and_what_was_committed_resumes(
     sim = simulator(*sim_args(rpm=6_000, latency=0.1))
     service = BlobServiceClient.from_connection_string(azurite_on_disk.connection_string)
     service.create_container("outage")
-    job = write_job(tmp_path, sim.url, write_prompts(tmp_path, 1000), rpm=6_000, shard_rows=100)
+    job = write_job(tmp_path, sim.url, write_prompts(tmp_path, 1500), rpm=6_000, shard_rows=100)
     env = {**KEY_ENV, "AZURE_STORAGE_CONNECTION_STRING": azurite_on_disk.connection_string,
            "PROMPTBATCH_STORAGE_RETRIES": "2"}
     output = ["--output", "az://outage/out/"]
@@ -220,7 +220,7 @@ def test_storage_outage_fails_clearly_and_what_was_committed_resumes(
     failure = [line for line in first.output().splitlines() if line.startswith("promptbatch:")]
     assert len(failure) == 1 and "storage: az://outage/out/" in failure[0] and "run the job again" in failure[0]
     assert "unreachable, gave up after 2 retries" in failure[0]
-    assert sim.stats()["billed_requests"] < 1000
+    assert sim.stats()["billed_requests"] < 1500
 
     azurite_on_disk.process = start_azurite(azurite_on_disk.port, str(tmp_path / "azurite"), on_disk=True)
     container = service.get_container_client("outage")
@@ -231,7 +231,7 @@ def test_storage_outage_fails_clearly_and_what_was_committed_resumes(
     tables = [pq.read_table(io.BytesIO(container.download_blob(b.name).readall()))
               for b in container.list_blobs(name_starts_with="out/part-")]
     ids = [r["id"] for r in pa.concat_tables(tables).to_pylist()]
-    assert sorted(ids) == sorted(f"r{i}" for i in range(1000))
+    assert sorted(ids) == sorted(f"r{i}" for i in range(1500))
     manifest = json.loads(container.download_blob("out/_manifest.json").readall())
-    assert manifest["status"] == "complete" and manifest["rows"]["ok"] == 1000
+    assert manifest["status"] == "complete" and manifest["rows"]["ok"] == 1500
     assert not list(container.list_blobs(name_starts_with="out/_journal/"))

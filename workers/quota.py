@@ -173,12 +173,12 @@ class Ledger:
     The limits in force are the stated quota times what ``estimate`` believes the
     deployment admits (``workers.learning``). A fresh deployment takes a whole window at
     once, so the window's allowance beyond the steady burst is released in ``BONUS_STEPS``
-    steps of ``BONUS_STEP_S`` while no 429 says otherwise (slow start); the first 429 in
-    that phase only ends it.
+    steps over the first window while no 429 says otherwise (slow start): spent within the
+    window either way, but at under twice the steady rate, so answers never pile up in the
+    client. The first 429 in that phase ends it.
     """
 
     BONUS_STEPS = 8
-    BONUS_STEP_S = 0.25
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
                  burst_s: float | None = None, guard_s: float = 0.05, bypass_windows: float = 2.0,
@@ -241,7 +241,7 @@ class Ledger:
 
     def _tick(self, now: float) -> None:
         if self.bonus_left != (0.0, 0.0) and now >= self._next_bonus:
-            self._next_bonus = now + self.BONUS_STEP_S
+            self._next_bonus = now + self.window_s / self.BONUS_STEPS
             steps = [min(left, step) for left, step in zip(self.bonus_left, self._bonus_step, strict=True)]
             self.requests.credit(now, steps[0])
             self.tokens.credit(now, steps[1])

@@ -173,12 +173,14 @@ class Ledger:
     The limits in force are the stated quota times what ``estimate`` believes the
     deployment admits (``workers.learning``). A fresh deployment takes a whole window at
     once, so the window's allowance beyond the steady burst is released in ``BONUS_STEPS``
-    steps over the first window while no 429 says otherwise (slow start): spent within the
-    window either way, but at under twice the steady rate, so answers never pile up in the
-    client. The first 429 in that phase ends it.
+    steps over ``BONUS_WINDOWS`` windows while no 429 says otherwise (slow start): a bucket
+    keeps what is not taken at once, so it is all credited to the job, at no more than a
+    quarter above the steady rate (answers never pile up in the client, and a job that
+    overstates its quota learns it at about its own level). The first 429 in that phase ends it.
     """
 
     BONUS_STEPS = 8
+    BONUS_WINDOWS = 4
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
                  burst_s: float | None = None, guard_s: float = 0.05, bypass_windows: float = 2.0,
@@ -241,7 +243,7 @@ class Ledger:
 
     def _tick(self, now: float) -> None:
         if self.bonus_left != (0.0, 0.0) and now >= self._next_bonus:
-            self._next_bonus = now + self.window_s / self.BONUS_STEPS
+            self._next_bonus = now + self.window_s * self.BONUS_WINDOWS / self.BONUS_STEPS
             steps = [min(left, step) for left, step in zip(self.bonus_left, self._bonus_step, strict=True)]
             self.requests.credit(now, steps[0])
             self.tokens.credit(now, steps[1])

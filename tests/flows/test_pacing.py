@@ -52,7 +52,9 @@ def test_headers_at_minus_one_or_absent_do_not_slow_the_job(
     assert result.exit_code == 0, result.output[-3000:]
     stats = sim.stats()
     # The job once read -1 as "nothing left" and crawled at a tenth of the quota.
-    assert utilization(stats, 600_000) >= 0.85 and stats.get("rate_limited", 0) <= 0.03 * stats["requests"], stats
+    # A handful of 429s while the pool finds this log is not a bucket (50 requests/s against 2 s windows:
+    # what is in flight when a lesson lands is refused too); the real-time shares are in the benchmark.
+    assert utilization(stats, 600_000) >= 0.85 and stats.get("rate_limited", 0) <= 10, stats
 
 
 def test_an_overstated_quota_is_learned_and_said(tmp_path: Path, simulator: Callable[..., SimulatorProcess],
@@ -71,4 +73,4 @@ def test_an_overstated_quota_is_learned_and_said(tmp_path: Path, simulator: Call
     stats = sim.stats()
     # At 50 requests/s against a 2 s window the few requests in flight when each lesson is drawn
     # are refused too; the real-time figure (40,000 tokens/min, 10 s windows) is in the benchmark.
-    assert stats.get("rate_limited", 0) <= 0.1 * stats["requests"], stats
+    assert stats.get("rate_limited", 0) <= 20, stats

@@ -60,7 +60,6 @@ class QuotaEstimate:
         self.tokens = 1.0
         self.requests = 1.0
         self.hold_s = HOLD_S
-        self.cuts = 0
         self._last_evidence = now
         self._last_cut: float | None = None
         self._last_probe = now
@@ -84,7 +83,6 @@ class QuotaEstimate:
             if self._last_cut is not None and now - self._last_cut < 2 * self.hold_s + self.window_s:
                 self.hold_s = min(MAX_HOLD_S, self.hold_s * 2)
             self._last_cut = now
-            self.cuts += 1
             self.tokens = max(MIN_SHARE, new["tokens"])
             self.requests = max(MIN_SHARE, new["requests"])
         return cut

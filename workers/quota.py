@@ -217,8 +217,6 @@ class Ledger:
                            self.window.token_limit - self.tokens.level) if first_window else (0.0, 0.0)
         self._bonus_step = tuple(max(0.0, b) / self.BONUS_STEPS for b in self.bonus_left)
         self._next_bonus = now
-        #: The header scale last seen (``window``, ``minute``, ``none``), for the report.
-        self.header_scale = "none"
 
     # --- what is in force ---------------------------------------------------------------
 
@@ -315,8 +313,6 @@ class Ledger:
         hints, scale = read_hints(remaining_requests, remaining_tokens, limit_requests, limit_tokens,
                                   window_requests=self.stated_window[0], window_tokens=self.stated_window[1],
                                   window_s=self.window_s)
-        if scale != "none":
-            self.header_scale = scale
         at = ticket.entry.stamp if now is None else now
         limits = (None if hints.limit_tokens is None else hints.limit_tokens / self.stated_window[1],
                   None if hints.limit_requests is None else hints.limit_requests / self.stated_window[0])

@@ -240,6 +240,15 @@ class Ledger:
             budget.capacity = max(1.0, rate * span)
 
     def _tick(self, now: float) -> None:
+        if self.bonus_left != (0.0, 0.0):
+            # A bucket holds a window at most: refills saved up while nothing was sent (the key
+            # probe, the first answers) come out of what is still to be released.
+            for budget, limit, index in ((self.requests, self.window.request_limit, 0),
+                                         (self.tokens, self.window.token_limit, 1)):
+                budget._refill(now)
+                left = list(self.bonus_left)
+                left[index] = max(0.0, min(left[index], limit - budget.level))
+                self.bonus_left = (left[0], left[1])
         if self.bonus_left != (0.0, 0.0) and now >= self._next_bonus:
             self._next_bonus = now + self.window_s * self.BONUS_WINDOWS / self.BONUS_STEPS
             steps = [min(left, step) for left, step in zip(self.bonus_left, self._bonus_step, strict=True)]
@@ -273,19 +282,25 @@ class Ledger:
         it. Returns the index and 0, or ``None`` and how long to wait before asking again.
         """
         first = self.delay(now, costs[0])
-        if first == 0.0:
+        if first == 0.0 and (self.model != "sliding" or len(costs) == 1):
             return 0, 0.0
         # While the first window is being released, ask again at its next step.
         step = self._next_bonus - now if self.bonus_left != (0.0, 0.0) and self._next_bonus > now else first
         bypass_left = self.window.window_s * self.bypass_windows - oldest_waited_s
         if bypass_left <= 1e-6:
-            return None, min(first, step)
-        soonest = first
+            return (0, 0.0) if first == 0.0 else (None, min(first, step))
+        soonest, best = first, 0 if first == 0.0 else None
         for index in range(1, len(costs)):
+            if best is not None and costs[index] <= costs[best]:
+                continue
             wait = self.delay(now, costs[index])
             if wait == 0.0:
-                return index, 0.0
+                if self.model != "sliding":
+                    return index, 0.0
+                best = index
             soonest = min(soonest, wait)
+        if best is not None:
+            return best, 0.0
         return None, min(soonest, bypass_left, step)
 
     def admit(self, now: float, tokens: int) -> Ticket:
@@ -363,10 +378,11 @@ class Ledger:
         self.window._expire(now)
         held = self.window.tokens  # what the last window held, the refused request included
         self.window.refund(ticket.entry)
-        learned = False
+        learned, probing = False, False
         if stamp < self._learned_at:
             pass  # sent before the last lesson was drawn: the same evidence again
         elif self.model == "bucket" or self.bonus_left != (0.0, 0.0):
+            probing = True  # the slow start's answer: says nothing of late stamps or bursts
             self.bonus_left = (0.0, 0.0)
             self._learned_at = now
             # A bucket like the server's refuses once a window plus the refill since the start
@@ -382,7 +398,7 @@ class Ledger:
             used_requests = (self.window.requests + 0.5) / self.stated_window[0]
             learned = self.estimate.on_429(now, used_tokens, used_requests)
             self._learned_at = now
-        if now >= self.paused_until:
+        if now >= self.paused_until and not probing:
             self._burst_share = max(0.25, self._burst_share / 2)
             self.window.widen_guard()
         self._apply(now)

@@ -107,17 +107,26 @@ class TestLedger:
         assert times[:3] == pytest.approx([0.0, 1.0, 2.0], rel=0.005)  # a hair under the rate (see Ledger._apply)
 
     def test_429_pauses_everyone_refunds_halves_the_burst_and_widens_the_guard(self) -> None:
-        ledger = Ledger(RPM, TPM, window_s=WINDOW, burst_s=WINDOW)
+        ledger = Ledger(RPM, TPM, window_s=WINDOW, burst_s=WINDOW, first_window=False)
         ticket = ledger.admit(0.0, 300)
-        capacity, guard = ledger.tokens.capacity, ledger.window.guard_s
+        guard = ledger.window.guard_s
         ledger.rate_limited(0.1, ticket, retry_after_s=2.0)
         assert ledger.window.guard_s == 2 * guard  # entries are kept longer from now on
         assert ledger.window.window_s == WINDOW + 2 * guard
         assert ledger.window.remaining == (ledger.window.request_limit, ledger.window.token_limit)
+        assert ledger.delay(0.1, 1) >= 2.0  # everyone waits out retry-after (and the copy's lowered limit)
+        assert ledger._burst_share == 0.5 and ledger.tokens.level <= 0  # no saved-up burst after the pause
+        assert ledger.tokens.capacity == pytest.approx(ledger.tokens.per_second * WINDOW / 2)
+
+    def test_the_slow_starts_429_ends_it_and_nothing_else(self) -> None:
+        # Expected of any deployment but a bucket: it says nothing of late stamps or of bursts.
+        ledger = Ledger(RPM, TPM, window_s=WINDOW)
+        ticket = ledger.admit(0.0, 300)
+        guard, share = ledger.window.guard_s, ledger._burst_share
+        ledger.rate_limited(0.1, ticket, retry_after_s=2.0)
+        assert ledger.bonus_left == (0.0, 0.0) and ledger.model == "sliding"
+        assert (ledger.window.guard_s, ledger._burst_share) == (guard, share)
         assert ledger.delay(0.1, 1) == pytest.approx(2.0)
-        assert ledger.tokens.capacity == capacity / 2
-        assert ledger.delay(2.1, 1_300) == 0.0  # two seconds' refill is there…
-        assert ledger.delay(2.1, 3_000) > 0  # …but no saved-up burst
 
     def test_foreign_usage_in_headers_slows_admission(self) -> None:
         ledger = Ledger(RPM, TPM, window_s=WINDOW, first_window=False)

@@ -9,9 +9,10 @@ per kind (tokens, requests). Why this scheme rather than a fitted rate: the only
 certain signal is a 429, and it comes at the moment the server's window is full, so
 what the client's window copy holds then *is* a measurement of the real window:
 
-- a 429 cuts each kind's share to what the copy held then (a little under: the refused
-  request was just past the edge). One 429 is enough to converge; a larger error (a
-  quota overstated 5×) costs one 429, not a storm;
+- a 429 cuts the share of the kind nearest its limit in the copy (and of any other kind
+  nearly as near) to what the copy held then (a little under: the refused request was just
+  past the edge); a kind far from its limit says nothing of what the server allows. One
+  429 is enough to converge; a larger error (a quota overstated 5×) costs one 429, not a storm;
 - a 429 again within two windows of a cut, with the copy full at the new level, means
   the server meters tighter than the copy (a shorter window, clock skew): the share then
   drops by a fixed factor (``FULL_CUT``) until 429s stop;
@@ -38,6 +39,8 @@ QuotaMode = Literal["cap", "auto"]
 FULL_SHARE = 0.9
 #: The cut when the copy was full (the server meters tighter than the copy thought).
 FULL_CUT = 0.85
+#: A 429 is taken to be refused by each kind whose copy is at least this share as full as the fullest.
+BINDING = 0.8
 #: Cut a little under what the copy held: the refused request was just past the edge.
 MARGIN = 0.985
 PROBE_STEP = 0.05
@@ -72,12 +75,18 @@ class QuotaEstimate:
         self._last_evidence = now
         shares = {"tokens": self.tokens, "requests": self.requests}
         used = {"tokens": used_tokens, "requests": used_requests}
-        full = any(used[k] >= FULL_SHARE * shares[k] for k in shares)
+        # A 429 does not say which quota refused: the kind nearest its limit in the copy did. The
+        # other kind's level then measures only what this job asked of it, not what the server allows.
+        fullness = {k: used[k] / shares[k] for k in shares}
+        refusing = [k for k in shares if fullness[k] >= BINDING * max(fullness.values())]
+        full = any(fullness[k] >= FULL_SHARE for k in refusing)
         repeated = self._last_cut is not None and now - self._last_cut < 2 * self.window_s
-        if full and repeated:  # cut to what the copy held and refused again at that: the meter is tighter
-            new = {k: v * FULL_CUT for k, v in shares.items()}
-        else:
-            new = {k: min(shares[k], max(MIN_SHARE, used[k] * MARGIN)) for k in shares}
+        new = dict(shares)
+        for k in refusing:
+            if full and repeated:  # cut to what the copy held and refused again at that: the meter is tighter
+                new[k] = shares[k] * FULL_CUT
+            else:
+                new[k] = min(shares[k], max(MIN_SHARE, used[k] * MARGIN))
         cut = any(new[k] < shares[k] - 1e-9 for k in shares)
         if cut:
             if self._last_cut is not None and now - self._last_cut < 2 * self.hold_s + self.window_s:

@@ -165,6 +165,8 @@ class Ticket:
     total_tokens: int
     #: Tokens the client's bucket still held after this admission (how far from its edge it was).
     bucket_room: float = 0.0
+    #: The copy's request limit then (the remaining counts are against it; it may move before the answer).
+    request_limit: int = 0
 
 
 class Ledger:
@@ -310,7 +312,8 @@ class Ledger:
         entry = self.window.add(now, 1, tokens)
         self.total_requests += 1
         self.total_tokens += tokens
-        return Ticket(entry, *self.window.remaining, self.total_requests, self.total_tokens, self.tokens.level)
+        return Ticket(entry, *self.window.remaining, self.total_requests, self.total_tokens, self.tokens.level,
+                      self.window.request_limit)
 
     # --- what the server says -----------------------------------------------------------
 
@@ -342,8 +345,13 @@ class Ledger:
             return  # usage of another tenant shows only in figures of a window like the copy's
         since_requests = self.total_requests - ticket.total_requests
         since_tokens = self.total_tokens - ticket.total_tokens
+        # A request limit moved while this request was out (a stated limit can move it five-fold at
+        # once): its remaining count compares with nothing. Tokens are compared as admitted: after
+        # a cut the difference is booked as others' usage for one window, a cautious reading that
+        # spares the deployment a 429 when the cut came from another tenant's burst.
         gap_requests = (ticket.remaining_requests - hints.remaining_requests - since_requests
-                        if hints.remaining_requests is not None else 0)
+                        if hints.remaining_requests is not None and ticket.request_limit == self.window.request_limit
+                        else 0)
         gap_tokens = (ticket.remaining_tokens - hints.remaining_tokens - since_tokens
                       if hints.remaining_tokens is not None else 0)
         gap_requests = min(gap_requests, self.window.request_limit // 4)

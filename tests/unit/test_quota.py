@@ -128,6 +128,15 @@ class TestLedger:
         assert (ledger.window.guard_s, ledger._burst_share) == (guard, share)
         assert ledger.delay(0.1, 1) == pytest.approx(2.0)
 
+    def test_a_reading_across_a_moved_request_limit_books_nothing(self) -> None:
+        ledger = Ledger(RPM, TPM, window_s=WINDOW, first_window=False)
+        ticket = ledger.admit(0.0, 300)
+        ledger.estimate.on_limit(0.1, None, 0.2)  # the server states a fifth of the job's request limit
+        ledger._apply(0.1)
+        # Its remaining count is against its own (lower) limit: no other tenant in that.
+        ledger.observe(ticket, int(ticket.remaining_requests * 0.2), ticket.remaining_tokens, now=0.2)
+        assert ledger.window.requests == 1 and ledger.foreign_tokens == 0
+
     def test_foreign_usage_in_headers_slows_admission(self) -> None:
         ledger = Ledger(RPM, TPM, window_s=WINDOW, first_window=False)
         ticket = ledger.admit(0.0, 300)

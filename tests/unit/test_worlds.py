@@ -84,7 +84,7 @@ class TestWorlds:
         world = World(foreign_share=0.3, headers=headers)
         out, _ = run(world)
         steady, _ = utilization(world, out)  # ours and theirs together
-        assert steady >= 0.9 and out.refused <= 0.02 * out.sent, (steady, out.refused)
+        assert steady >= 0.92 and out.refused <= 0.02 * out.sent, (steady, out.refused)
 
 
 class TestQuotaEstimate:
@@ -93,7 +93,11 @@ class TestQuotaEstimate:
     def test_a_429_cuts_to_what_the_copy_held(self) -> None:
         estimate = QuotaEstimate(10.0)
         assert estimate.on_429(5.0, used_tokens=0.2, used_requests=0.1)
-        assert estimate.tokens == pytest.approx(0.197) and estimate.requests == pytest.approx(0.0985)
+        # Tokens were nearest their limit: they refused; the requests' level says nothing.
+        assert estimate.tokens == pytest.approx(0.197) and estimate.requests == 1.0
+        both = QuotaEstimate(10.0)
+        assert both.on_429(5.0, used_tokens=0.2, used_requests=0.18)  # both near their limits: either may have
+        assert both.tokens == pytest.approx(0.197) and both.requests == pytest.approx(0.18 * 0.985)
 
     def test_the_evidence_fades_and_the_estimate_probes_up_to_the_cap(self) -> None:
         estimate = QuotaEstimate(10.0)

@@ -37,12 +37,16 @@ log = structlog.get_logger(__name__)
 
 #: Fraction of the quota the shared limits hand out: the rest covers credit in flight
 #: between processes (leased, not yet spent) so no window of the deployment's overflows.
-#: The limits hold two chunks (1/16 of a window), so at worst a window sees ``SHARE`` of its
-#: allowance plus that: 0.93 + 0.0625 < 1. (Measured: 0.96 overfilled a window once; one chunk
-#: of room made the processes wait on each other's leases, 0.79 of the quota.)
-SHARE = 0.93
-#: Credit is leased in chunks of this fraction of one window's quota.
-CHUNK = 1 / 32
+#: The token limit holds two chunks (1/32 of a window), so at worst a window sees ``SHARE`` of
+#: its allowance plus that: 0.96 + 0.031 < 1. (Measured with chunks of 1/32: 0.93 gave a peak
+#: window of 0.976, 0.96 overfilled one; one chunk of room made the processes wait on each
+#: other's leases, 0.79 of the quota.)
+SHARE = 0.96
+#: Credit is leased in chunks of these fractions of one window's quota: tokens finer (they
+#: bind, and the room they leave over ``SHARE`` is what overfills a window), requests coarser
+#: (a fraction of a window's few requests would round to nothing).
+TOKEN_CHUNK = 1 / 64
+REQUEST_CHUNK = 1 / 32
 REQUEST_UNITS = 100
 #: A lease the server has not answered in this long is stuck behind a lock: it is asked again.
 STALLED_S = 0.3
@@ -67,8 +71,8 @@ def shared_limits(endpoint: EndpointSpec) -> SharedLimits:
     digest = hashlib.sha256(endpoint.url.encode()).hexdigest()[:12]
     window_tokens = endpoint.tokens_per_minute * endpoint.quota_window_s / 60
     window_requests = endpoint.requests_per_minute * endpoint.quota_window_s / 60
-    token_chunk = max(1, int(window_tokens * CHUNK))
-    request_chunk = max(1, int(window_requests * CHUNK))
+    token_chunk = max(1, int(window_tokens * TOKEN_CHUNK))
+    request_chunk = max(1, int(window_requests * REQUEST_CHUNK))
     return SharedLimits(
         tokens_name=f"promptbatch-quota-{digest}-tokens",
         requests_name=f"promptbatch-quota-{digest}-requests",

@@ -62,6 +62,10 @@ def build_manifest(spec: JobSpec, inputs: list[str], parts: list[PartSummary], *
     prompt = sum(p.prompt_tokens for p in counted)
     completion = sum(p.completion_tokens for p in counted)
     done = sum(by_status.values())
+    labels: dict[str, Counter[str]] = {}
+    for p in counted:
+        for column, values in (p.labels or {}).items():
+            labels.setdefault(column, Counter()).update(values)
     manifest: dict[str, Any] = {
         "status": status,
         "job_hash": spec.job_hash(),
@@ -78,6 +82,8 @@ def build_manifest(spec: JobSpec, inputs: list[str], parts: list[PartSummary], *
         "wall_time_s": round(wall_time_s, 3),
         "parts": [asdict(p) for p in parts],
     }
+    if labels:
+        manifest["labels"] = {column: dict(sorted(values.items())) for column, values in labels.items()}
     if run_date is not None:
         manifest["date"] = run_date
     if columns is not None:

@@ -151,6 +151,38 @@ def read_earlier(storage: Storage, output: str, shard_rows: int, manifest: dict[
     return earlier
 
 
+class KeptAnswers:
+    """Answers of kept parts by request digest, for copies of their requests (``workers.dedupe``).
+
+    Built on the first lookup from the parts' ``request_digest``/``id``/``status`` columns (each part is
+    read once); a hit reads its part's row, the last part read being kept at hand.
+    """
+
+    def __init__(self, storage: Storage, output: str, shards: list[int]):
+        self._storage, self._output, self._shards = storage, output, shards
+        self._index: dict[str, tuple[int, int]] | None = None
+        self._part: tuple[int, Any] | None = None
+
+    def __call__(self, digest: str) -> dict[str, Any] | None:
+        if self._index is None:
+            self._index = {}
+            for shard in self._shards:
+                table = _part_table(self._storage, self._output, shard, columns=["request_digest", "status"])
+                for i, (key, status) in enumerate(zip(table.column("request_digest").to_pylist(),
+                                                      table.column("status").to_pylist(), strict=True)):
+                    if key is not None and status != "error":
+                        self._index.setdefault(key, (shard, i))
+        hit = self._index.get(digest)
+        if hit is None:
+            return None
+        shard, row = hit
+        if self._part is None or self._part[0] != shard:
+            self._part = (shard, _part_table(self._storage, self._output, shard))
+        names = [n for n in OUTPUT_SCHEMA.names if n in self._part[1].column_names]
+        record: dict[str, Any] = self._part[1].select(names).slice(row, 1).to_pylist()[0]
+        return {name: record.get(name) for name in OUTPUT_SCHEMA.names}
+
+
 def published_parts(storage: Storage, output: str, manifest: dict[str, Any] | None) -> dict[int, PartSummary]:
     """Every part in the folder by shard, summarized from the manifest or, failing that, the part."""
     listed = {p["name"]: p for p in (manifest or {}).get("parts", [])}
@@ -174,5 +206,5 @@ def part_records(storage: Storage, output: str, shard: int) -> list[dict[str, An
     return records
 
 
-def _part_table(storage: Storage, output: str, shard: int) -> Any:
-    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, part_name(shard)))))
+def _part_table(storage: Storage, output: str, shard: int, columns: list[str] | None = None) -> Any:
+    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, part_name(shard)))), columns=columns)

@@ -56,6 +56,8 @@ def build_manifest(spec: JobSpec, inputs: list[str], parts: list[PartSummary], *
     parts = sorted(parts, key=lambda p: p.shard)
     counted = parts + ([pending] if pending is not None else [])
     by_status = {s: sum(p.by_status.get(s, 0) for p in counted) for s in STATUSES}
+    if spec.response is None and not by_status["invalid"]:  # only labeling jobs' answers can be invalid
+        del by_status["invalid"]
     by_model: Counter[str] = Counter()
     for p in counted:
         by_model.update(p.cost_by_model)

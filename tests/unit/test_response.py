@@ -165,8 +165,9 @@ class TestConfidence:
 
 def test_manifest_counts_rows_by_label_value() -> None:
     spec = job(SENTIMENT)
-    records = [{"id": str(i), "status": "ok" if i else "invalid", "model": "m", "cost_usd": 0.0, "prompt_tokens": 1,
-                "completion_tokens": 1, "label_sentiment": ["positive", "negative", "positive"][i]} for i in range(3)]
+    records: list[dict[str, Any]] = [
+        {"id": str(i), "status": "ok" if i else "invalid", "model": "m", "cost_usd": 0.0, "prompt_tokens": 1,
+         "completion_tokens": 1, "label_sentiment": ["positive", "negative", "positive"][i]} for i in range(3)]
     records[0]["label_sentiment"] = None
     parts = [summarize("a", 0, records[:2], enums=["label_sentiment"]),
              summarize("b", 1, records[2:], enums=["label_sentiment"])]

@@ -19,8 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import jsonschema
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
@@ -88,6 +90,9 @@ def test_two_thousand_reviews(tmp_path: Path, simulator: Callable[..., Simulator
     assert table.schema.field("label_sentiment_confidence").type == pa.float64()
     assert isinstance(frame["label_sentiment"].dtype, pd.CategoricalDtype)
     assert str(frame["label_stars"].dtype) in ("Int64", "float64", "int64")
+    assert pl.read_parquet(str(tmp_path / "out" / "*.parquet")).schema["label_sentiment"] == pl.Categorical
+    counted = duckdb.connect().execute(f"select count(label_stars) from read_parquet('{tmp_path}/out/*.parquet')")
+    assert counted.fetchall() == [(frame["label_stars"].notna().sum(),)]
     rows = table.to_pylist()
 
     # Every row valid under the schema, or `invalid` with its raw answer and the error.

@@ -69,7 +69,9 @@ def _print_summary(result: dict[str, Any]) -> None:
     click.echo(f"output:   {result['output']}")
     click.echo(f"manifest: {result['manifest']}")
     of = f" of {result['input_rows']}" if result.get("input_rows") is not None and result.get("stopped") else ""
-    click.echo(f"rows:     {rows['total']}{of} ({rows['ok']} ok, {rows['filtered']} filtered, {rows['error']} error)"
+    invalid = f", {rows['invalid']} invalid" if "invalid" in rows else ""
+    click.echo(f"rows:     {rows['total']}{of} ({rows['ok']} ok, {rows['filtered']} filtered, {rows['error']} error"
+               f"{invalid})"
                + (f"; {result['journaled_rows']} of them in the journal, not yet in a part"
                   if result.get("journaled_rows") else ""))
     click.echo(f"tokens:   {tokens['prompt']:,} prompt + {tokens['completion']:,} completion")

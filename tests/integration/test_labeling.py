@@ -57,14 +57,14 @@ def reviews(path: Path, distinct: int, copies: int, never_valid: int = 0, seed: 
                             for i, t in enumerate(texts)))
 
 
-def labeling_job(url: str, folder: Path, api: str = "azure-inference", shard_rows: int = 500,
+def labeling_job(url: str, folder: Path, api: str = "azure-inference", shard_rows: int = 500, logprobs: bool = False,
                  **endpoint: Any) -> dict[str, Any]:
     return {
         "input": str(folder / "reviews.jsonl"), "output": str(folder / "out") + "/",
         "endpoint": {"url": url, "api": api, "model": MODEL, "api_key_env": KEY_ENV,
                      "requests_per_minute": 10_000_000, "tokens_per_minute": 1_000_000_000, **endpoint},
         "prompt": {"system": "Label the review's sentiment and stars.", "template": "Review: {review}"},
-        "params": {"max_tokens": 40, "temperature": 0},
+        "params": {"max_tokens": 40, "temperature": 0, "logprobs": logprobs},
         "response": {"schema": SCHEMA, "mode": "auto", "reask": 2},
         "shard_rows": shard_rows,
     }
@@ -76,7 +76,7 @@ def test_two_thousand_reviews(tmp_path: Path, simulator: Callable[..., Simulator
     monkeypatch.setenv(KEY_ENV, KEY)
     sim = simulator(*FAST, "--latency", "0", "--invalid-answers", "0.05", "--refuse-json-schema")
     reviews(tmp_path / "reviews.jsonl", distinct=1500, copies=500, never_valid=8)
-    spec = job_from_dict(labeling_job(sim.url, tmp_path))
+    spec = job_from_dict(labeling_job(sim.url, tmp_path, logprobs=True))
     started = time.monotonic()
     execution = asyncio.run(execute(spec, [spec.input], handle_signals=False))
     wall = time.monotonic() - started
@@ -105,9 +105,10 @@ def test_two_thousand_reviews(tmp_path: Path, simulator: Callable[..., Simulator
             value = json.loads(r["completion"])
             validator.validate(value)
             assert (r["label_sentiment"], r["label_stars"]) == (value["sentiment"], value["stars"])
+            assert 0 < r["label_sentiment_confidence"] <= 1  # the simulator returns logprobs on this route
         else:
             assert r["error"].startswith("invalid answer after 2 re-asks: ") and r["completion"] is not None
-            assert r["label_sentiment"] is None and r["label_stars"] is None
+            assert r["label_sentiment"] is None and r["label_stars"] is None and r["label_sentiment_confidence"] is None
     marked = {r["id"] for r in rows if "[[invalid]]" in r["review"]}
     assert marked and marked <= {r["id"] for r in invalid}
 
@@ -179,6 +180,7 @@ def test_kill_9_keeps_labels_and_links_and_the_estimate_matches_the_bill(
     labels: dict[str, tuple[Any, Any]] = {}
     for r in rows:
         assert r["label_sentiment"] is not None and r["label_stars"] is not None
+        assert r["label_sentiment_confidence"] is None  # the mistral route returns no logprobs
         assert labels.setdefault(r["request_digest"], (r["label_sentiment"], r["label_stars"])) == (
             r["label_sentiment"], r["label_stars"]), "identical requests with different labels"
         if r["duplicate_of"] is not None:

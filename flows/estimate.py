@@ -146,7 +146,7 @@ class Sampled:
 async def sample_completions(spec: JobSpec, rows: list[PromptRow]) -> Sampled:
     """Send ``rows`` for real (paid) through the job's deployments and collect their usage."""
     keys = [await api_key(e) for e in spec.all_endpoints]
-    lanes = [lane_for(e, key, spec.price(e.model), model=spec.model_for(e))
+    lanes = [lane_for(e, key, spec.price(e.model), model=spec.model_for(e), response=spec.response)
              for e, key in zip(spec.all_endpoints, keys, strict=True)]
     engine = Engine(lanes, RetryPolicy(max_attempts=spec.max_attempts), grace_s=spec.stop_grace_s)
     outcomes: list[Outcome] = []

@@ -129,6 +129,8 @@ class EndpointClient:
             try:
                 return await self._post(body, headers)
             except RowFailedError as exc:
+                if isinstance(exc, ContentFilteredError):  # the prompt's fault, never the mode's
+                    raise
                 if "logprobs" in body and exc.status == 422 and "logprobs" in exc.message:
                     if self.logprobs_accepted:
                         self.logprobs_accepted = False

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from schemas import EndpointSpec, Params, PromptRow, PromptSpec, ResponseSpec, build_row
-from workers import EndpointClient, Engine, Lane, Outcome, Quota, RetryPolicy, TokenCounter
+from workers import ContentFilteredError, EndpointClient, Engine, Lane, Outcome, Quota, RetryPolicy, TokenCounter
 from workers.dedupe import Duplicates, copy_record
 from workers.labels import Modes
 
@@ -81,6 +81,17 @@ async def test_a_refused_json_schema_costs_one_request_then_tool_for_the_rest() 
         assert completion.tool_arguments == '{"sentiment": "positive"}'
     assert [("json_schema" if "response_format" in b else "tool") for b in sent] == ["json_schema", "tool", "tool",
                                                                                    "tool"]
+    await c.aclose()
+
+
+async def test_a_filtered_prompt_does_not_cost_the_mode() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"code": "content_filter", "message": "filtered"}})
+
+    c = client(handler)
+    with pytest.raises(ContentFilteredError):
+        await c.complete(({"role": "user", "content": "x"},), Params(max_tokens=16))
+    assert c.modes is not None and c.modes.current == "json_schema"
     await c.aclose()
 
 

@@ -84,6 +84,9 @@ def build_manifest(spec: JobSpec, inputs: list[str], parts: list[PartSummary], *
         "wall_time_s": round(wall_time_s, 3),
         "parts": [asdict(p) for p in parts],
     }
+    duplicates = sum(p.duplicates for p in counted)
+    if duplicates:
+        manifest["duplicates"] = duplicates
     if labels:
         manifest["labels"] = {column: dict(sorted(values.items())) for column, values in labels.items()}
     if run_date is not None:

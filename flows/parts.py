@@ -48,6 +48,8 @@ class PartSummary:
     input_digest: str | None = None
     #: A labeling job's rows by value, per enum label column (``label_sentiment: {positive: 3, …}``).
     labels: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Rows that carry another row's answer (``duplicate_of``): not sent, not paid.
+    duplicates: int = 0
 
 
 #: Keys of a part's Parquet metadata.
@@ -205,6 +207,7 @@ def summarize(name: str, shard: int, records: list[dict[str, Any]], input_digest
         cost_by_model=dict(by_model),
         input_digest=input_digest,
         labels={column: dict(Counter(r[column] for r in records if r.get(column) is not None)) for column in enums},
+        duplicates=sum(1 for r in records if r.get("duplicate_of") is not None),
     )
 
 

@@ -169,8 +169,10 @@ def test_manifest_counts_rows_by_label_value() -> None:
         {"id": str(i), "status": "ok" if i else "invalid", "model": "m", "cost_usd": 0.0, "prompt_tokens": 1,
          "completion_tokens": 1, "label_sentiment": ["positive", "negative", "positive"][i]} for i in range(3)]
     records[0]["label_sentiment"] = None
+    records[2]["duplicate_of"] = "1"
     parts = [summarize("a", 0, records[:2], enums=["label_sentiment"]),
              summarize("b", 1, records[2:], enums=["label_sentiment"])]
     manifest = build_manifest(spec, [], parts, status="complete", shard_rows=2, wall_time_s=1.0)
     assert manifest["labels"] == {"label_sentiment": {"negative": 1, "positive": 1}}
+    assert manifest["duplicates"] == 1
     assert manifest["rows"] == {"total": 3, "ok": 2, "filtered": 0, "error": 0, "invalid": 1}

@@ -8,6 +8,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from flows.estimate import duplicate_saving
 from flows.manifest import build_manifest
 from flows.parts import summarize
 from schemas import JobFileError, Params, PromptSpec, ResponseSpec, build_row, job_from_dict, with_labels
@@ -161,6 +162,12 @@ class TestConfidence:
         assert columns["label_sentiment"] == "positive"
         assert math.isclose(columns["label_sentiment_confidence"], math.exp(-0.3))
         assert label_columns(spec, {"status": "ok", "completion": text})["label_sentiment_confidence"] is None
+
+
+def test_the_estimate_shows_what_copies_save() -> None:
+    report = {"rows": {"to_send": 1500}, "tokens": {"prompt": 150_000}, "cost_usd": {"expected": 3.0, "ceiling": 6.0}}
+    assert duplicate_saving(report, 500) == {"rows": 500, "distinct_requests": 1500, "prompt_tokens_saved": 50_000,
+                                             "saving_usd": {"expected": 1.0, "ceiling": 2.0}}
 
 
 def test_manifest_counts_rows_by_label_value() -> None:

@@ -7,6 +7,10 @@ rows flow to whichever deployment has capacity. Every row ends as exactly one
 order. A ``JobAbortedError`` (a rejected key) stops every worker at once and is
 raised from ``run``.
 
+A labeling job's answers are validated as they come (``schemas.response``); an invalid one
+is asked again (``workers.labels``) through the quota and the budget like any request, and
+a row that never validates ends ``invalid``.
+
 ``Engine.stop`` (a signal, or the budget running out) ends a run gracefully: nothing
 more is admitted, rows not yet sent are dropped (they stay pending, for the next run),
 requests in flight get ``grace_s`` seconds to finish and are then cancelled.

@@ -153,7 +153,7 @@ def prepare_output(spec: JobSpec, files: list[str], retry_errors: bool, overwrit
     changes = input_changes(previous, current)
     shard_rows = previous.get("shard_rows", spec.shard_rows) if previous else spec.shard_rows
     if previous is not None and not changes and previous.get("status") == "complete" and not (
-            retry_errors and previous["rows"].get("error", 0)):
+            retry_errors and (previous["rows"].get("error", 0) or previous["rows"].get("invalid", 0))):
         return Prepared(Earlier(shard_rows), current, current, complete=previous)
     if changes:
         log.warning("inputs_changed", changes=changes, action="rows are matched by id and content")

@@ -16,7 +16,7 @@ and parameters, ``schemas.request_digest``) — never by its line number. A re-r
 
 So an appended, inserted, deleted or edited row is sent (or its old answer dropped),
 and every kept answer belongs to its own prompt. ``--retry-errors`` leaves the answers
-that ended in ``error`` out of the pool (their rows are sent again); a part holding
+that ended in ``error`` or ``invalid`` out of the pool (their rows are sent again); a part holding
 errors is rebuilt whenever the journal holds rows (they may be retries of them).
 
 Reading the pool costs memory in proportion to the rows being reconciled (their
@@ -42,6 +42,8 @@ from schemas import OUTPUT_SCHEMA, STATUSES
 log = structlog.get_logger(__name__)
 
 Key = tuple[str, str]
+#: What ``--retry-errors`` sends again: rows that ended in ``error``, and labeling rows that never validated.
+RETRIED = ("error", "invalid")
 
 
 class AnswerPool:
@@ -57,7 +59,7 @@ class AnswerPool:
         row_id, digest = record.get("id"), record.get("request_digest")
         if row_id is None or digest is None:
             return
-        if self._retry_errors and record.get("status") == "error":
+        if self._retry_errors and record.get("status") in RETRIED:
             return
         answers = self._by_key.setdefault((row_id, digest), [])
         answers.append({name: record.get(name) for name in OUTPUT_SCHEMA.names})
@@ -130,7 +132,7 @@ def read_earlier(storage: Storage, output: str, shard_rows: int, manifest: dict[
     for shard, summary in sorted(published.items()):
         current = summary.input_digest if now is None else (now[shard] if shard < len(now) else None)
         same_input = summary.input_digest is not None and summary.input_digest == current
-        errors = summary.by_status.get("error", 0) > 0
+        errors = any(summary.by_status.get(status, 0) for status in RETRIED)
         if same_input and not (errors and (retry_errors or earlier.segments)):
             earlier.kept[shard] = summary
             continue

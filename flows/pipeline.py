@@ -209,8 +209,7 @@ def lane_for(endpoint: EndpointSpec, key: str, price: Price | None = None, credi
     quota = Quota(endpoint.requests_per_minute, endpoint.tokens_per_minute, window_s=endpoint.quota_window_s,
                   credit=credit, mode=endpoint.quota, name=endpoint.url, on_learned=on_learned)
     return Lane(EndpointClient(endpoint, key, response=response), quota, TokenCounter(model or endpoint.model),
-                endpoint.max_concurrency,
-                price=price)
+                endpoint.max_concurrency, price=price)
 
 
 async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_LOOKAHEAD,

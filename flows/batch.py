@@ -58,7 +58,7 @@ from flows.manifest import (
     write_manifest,
 )
 from flows.parts import PartSummary, conform_parts, drop_parts_beyond
-from flows.pipeline import BAD_INPUT_LISTED, Execution, JobError, JobStoppedError, Listener, execute
+from flows.pipeline import BAD_INPUT_LISTED, Execution, JobError, JobStoppedError, Listener, execute, part_columns
 from flows.progress import PROGRESS_KEY, SUMMARY_KEY, ArtifactProgress, summary_markdown
 from flows.progress import listeners as progress_listeners
 from flows.resume import Earlier, read_earlier
@@ -153,15 +153,16 @@ def prepare_output(spec: JobSpec, files: list[str], retry_errors: bool, overwrit
     changes = input_changes(previous, current)
     shard_rows = previous.get("shard_rows", spec.shard_rows) if previous else spec.shard_rows
     if previous is not None and not changes and previous.get("status") == "complete" and not (
-            retry_errors and previous["rows"].get("error", 0)):
+            retry_errors and (previous["rows"].get("error", 0) or previous["rows"].get("invalid", 0))):
         return Prepared(Earlier(shard_rows), current, current, complete=previous)
     if changes:
         log.warning("inputs_changed", changes=changes, action="rows are matched by id and content")
     columns = decide_columns(spec, files, previous, inputs_unchanged=not changes)
+    part_columns(spec, columns)  # an input column named like a label column stops the job here
     earlier = read_earlier(out, spec.output, shard_rows, previous, files=files, inputs_unchanged=not changes,
                            job_hash=spec.job_hash(), retry_errors=retry_errors)
     if earlier.kept and (previous or {}).get("passthrough") != columns.to_json():
-        conform_parts(out, spec.output, list(earlier.kept), columns.passthrough)
+        conform_parts(out, spec.output, list(earlier.kept), part_columns(spec, columns))
     trusted = current if previous is None or not earlier.rebuilt else (previous or {}).get("input_fingerprints")
     write_manifest(out, spec.output, build_manifest(spec, files, list(earlier.kept.values()), status="running",
                                                     shard_rows=shard_rows, wall_time_s=0.0, fingerprints=trusted,

@@ -69,7 +69,9 @@ def _print_summary(result: dict[str, Any]) -> None:
     click.echo(f"output:   {result['output']}")
     click.echo(f"manifest: {result['manifest']}")
     of = f" of {result['input_rows']}" if result.get("input_rows") is not None and result.get("stopped") else ""
-    click.echo(f"rows:     {rows['total']}{of} ({rows['ok']} ok, {rows['filtered']} filtered, {rows['error']} error)"
+    invalid = f", {rows['invalid']} invalid" if "invalid" in rows else ""
+    click.echo(f"rows:     {rows['total']}{of} ({rows['ok']} ok, {rows['filtered']} filtered, {rows['error']} error"
+               f"{invalid})"
                + (f"; {result['journaled_rows']} of them in the journal, not yet in a part"
                   if result.get("journaled_rows") else ""))
     click.echo(f"tokens:   {tokens['prompt']:,} prompt + {tokens['completion']:,} completion")
@@ -217,11 +219,14 @@ def estimate(job_file: str, input_: str | None, endpoint_url: str | None, sample
               default="window", show_default=True, help="What x-ratelimit-* headers count (sentinel: -1).")
 @click.option("--retry-after/--no-retry-after", default=True, show_default=True, help="Say how long a 429 lasts.")
 @click.option("--foreign-share", default=0.0, show_default=True, help="Another tenant's share of the quota.")
+@click.option("--invalid-answers", default=0.0, show_default=True,
+              help="Share of JSON / json_schema / tool-call answers that do not validate.")
+@click.option("--refuse-json-schema", is_flag=True, help="Refuse response_format json_schema with 400, as Azure did.")
 def simulate(host: str, port: int, model: str, tokenizer: str | None, context_tokens: int | None,
              api_key: str | None, tokens_per_minute: int,
              requests_per_minute: int, window_s: float, latency_s: float, per_token_s: float, logprobs: str,
              faults: str, hang_s: float, seed: int, revoke_after: int | None, metering: str, header_mode: str,
-             retry_after: bool, foreign_share: float) -> None:
+             retry_after: bool, foreign_share: float, invalid_answers: float, refuse_json_schema: bool) -> None:
     """Serve an Azure serverless Mistral lookalike on HOST:PORT until interrupted."""
     from workers.simulator import SimConfig, parse_faults, serve
     from workers.tokens import TokenCounter
@@ -233,7 +238,8 @@ def simulate(host: str, port: int, model: str, tokenizer: str | None, context_to
                            per_token_s=per_token_s, logprobs=logprobs,  # type: ignore[arg-type]
                            faults=parse_faults(faults), hang_s=hang_s, seed=seed, revoke_after=revoke_after,
                            metering=metering, headers=header_mode,  # type: ignore[arg-type]
-                           retry_after=retry_after, foreign_share=foreign_share)
+                           retry_after=retry_after, foreign_share=foreign_share, invalid_answers=invalid_answers,
+                           refuse_json_schema=refuse_json_schema)
         TokenCounter(config.model_info())  # a tokenizer that cannot load fails here, not on the first request
     except (ValueError, KeyError) as exc:
         _fail(2, str(exc))

@@ -47,6 +47,8 @@ class Counting:
     sample: list[PromptRow]
     seconds: float
     empty_files: list[str] = field(default_factory=list)
+    #: Rows whose request is identical to an earlier row's: not sent when the job dedupes (not counted above).
+    duplicates: int = 0
 
     @property
     def rows_per_s(self) -> float:
@@ -80,13 +82,24 @@ def count_prompts(spec: JobSpec, files: list[str], sample: int = 0, seed: int = 
     reading = Reading()
     started = last = time.monotonic()
 
+    # 64 bits of each request digest seen: for a job that dedupes, a copy is neither counted nor sent.
+    seen: set[int] | None = set() if spec.dedupes else None
+    duplicates = 0
+
     def built() -> Iterator[tuple[list[PromptRow], list[tuple[dict[str, str], ...]]]]:
+        nonlocal duplicates
         for batch in iter_items(spec, storage_for(spec.input), files, batch=2048, reading=reading):
             rows: list[PromptRow] = []
             for item in batch:
                 if isinstance(item, BadRowError):
                     bad_input.add(str(item))
                 elif isinstance(item, PromptRow):
+                    if seen is not None:
+                        key = int(item.digest[:16], 16)
+                        if key in seen:
+                            duplicates += 1
+                            continue
+                        seen.add(key)
                     rows.append(item)
             yield rows, [row.messages for row in rows]
 
@@ -115,7 +128,7 @@ def count_prompts(spec: JobSpec, files: list[str], sample: int = 0, seed: int = 
     seconds = time.monotonic() - started
     total = reading.rows or 0
     log.info("counted", rows=total, seconds=round(seconds, 2), rows_per_s=round(total / seconds) if seconds else None)
-    return Counting(counts, bad_input, total, reservoir.items, seconds, reading.empty_files)
+    return Counting(counts, bad_input, total, reservoir.items, seconds, reading.empty_files, duplicates)
 
 
 @dataclass
@@ -133,7 +146,7 @@ class Sampled:
 async def sample_completions(spec: JobSpec, rows: list[PromptRow]) -> Sampled:
     """Send ``rows`` for real (paid) through the job's deployments and collect their usage."""
     keys = [await api_key(e) for e in spec.all_endpoints]
-    lanes = [lane_for(e, key, spec.price(e.model), model=spec.model_for(e))
+    lanes = [lane_for(e, key, spec.price(e.model), model=spec.model_for(e), response=spec.response)
              for e, key in zip(spec.all_endpoints, keys, strict=True)]
     engine = Engine(lanes, RetryPolicy(max_attempts=spec.max_attempts), grace_s=spec.stop_grace_s)
     outcomes: list[Outcome] = []
@@ -221,6 +234,8 @@ async def estimate_job(job: str | dict[str, Any], input: str | None = None, endp
     }
     if completion_ratio is not None:
         report["tokens"]["completion"]["ratio"] = completion_ratio
+    if spec.dedupes:
+        report["duplicates"] = duplicate_saving(report, counting.duplicates)
     report["sample"] = sample_report
     report["counting"] = {"seconds": round(counting.seconds, 3), "rows_per_s": round(counting.rows_per_s)}
     if counting.empty_files:
@@ -230,6 +245,17 @@ async def estimate_job(job: str | dict[str, Any], input: str | None = None, endp
     log.info("estimated", rows=counting.total_rows, prompt_tokens=report["tokens"]["prompt"],
              cost_expected_usd=report["cost_usd"]["expected"], cost_ceiling_usd=report["cost_usd"]["ceiling"])
     return report
+
+
+def duplicate_saving(report: dict[str, Any], duplicates: int) -> dict[str, Any]:
+    """What sending identical requests once saves: the copies, at the mean figures of a distinct request."""
+    distinct = report["rows"]["to_send"]
+    share = duplicates / distinct if distinct else 0.0
+    cost = report["cost_usd"]
+    return {"rows": duplicates, "distinct_requests": distinct,
+            "prompt_tokens_saved": round(report["tokens"]["prompt"] * share),
+            "saving_usd": {name: (None if cost[name] is None else round(cost[name] * share, 6))
+                           for name in ("expected", "ceiling")}}
 
 
 def _usd(value: float | None) -> str:
@@ -278,6 +304,13 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             else ")")),
         ("counted", f"{report['counting']['rows_per_s']:,} rows/s ({report['counting']['seconds']:.1f} s)"),
     ]
+    if report.get("duplicates", {}).get("rows"):
+        d = report["duplicates"]
+        lines.insert(1, ("duplicates (sent once)", f"{d['rows']:,} rows repeat an earlier request: "
+                                                   f"{d['distinct_requests']:,} distinct requests sent, saving "
+                                                   f"{_tokens(d['prompt_tokens_saved'])} prompt tokens, "
+                                                   f"{_usd(d['saving_usd']['expected'])} expected, "
+                                                   f"{_usd(d['saving_usd']['ceiling'])} at the ceiling"))
     if report.get("sample"):
         s = report["sample"]
         lines.append(("sample (paid)", f"{s['rows']} rows sent, {s['answered']} answered, {s['errors']} errors, "

@@ -187,6 +187,7 @@ def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 5
     ``mixed_ids``: the input's ids are integers and strings both (``InputSchema.mixed_ids``).
     """
     seq = 0
+    instruction = spec.response.instruction() if spec.response is not None else None
     chunk: list[Item | ShardRead] = []
     digest = ShardDigest()
     for location in files:
@@ -204,7 +205,8 @@ def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 5
                 chunk.append(record)
             else:
                 try:
-                    chunk.append(build_row(record, seq, where, spec.prompt, spec.params, mixed_ids=mixed_ids))
+                    chunk.append(build_row(record, seq, where, spec.prompt, spec.params, mixed_ids=mixed_ids,
+                                           instruction=instruction))
                 except BadRowError as exc:
                     chunk.append(exc)
             seq += 1

@@ -56,12 +56,18 @@ def build_manifest(spec: JobSpec, inputs: list[str], parts: list[PartSummary], *
     parts = sorted(parts, key=lambda p: p.shard)
     counted = parts + ([pending] if pending is not None else [])
     by_status = {s: sum(p.by_status.get(s, 0) for p in counted) for s in STATUSES}
+    if spec.response is None and not by_status["invalid"]:  # only labeling jobs' answers can be invalid
+        del by_status["invalid"]
     by_model: Counter[str] = Counter()
     for p in counted:
         by_model.update(p.cost_by_model)
     prompt = sum(p.prompt_tokens for p in counted)
     completion = sum(p.completion_tokens for p in counted)
     done = sum(by_status.values())
+    labels: dict[str, Counter[str]] = {}
+    for p in counted:
+        for column, values in (p.labels or {}).items():
+            labels.setdefault(column, Counter()).update(values)
     manifest: dict[str, Any] = {
         "status": status,
         "job_hash": spec.job_hash(),
@@ -78,6 +84,11 @@ def build_manifest(spec: JobSpec, inputs: list[str], parts: list[PartSummary], *
         "wall_time_s": round(wall_time_s, 3),
         "parts": [asdict(p) for p in parts],
     }
+    duplicates = sum(p.duplicates for p in counted)
+    if duplicates:
+        manifest["duplicates"] = duplicates
+    if labels:
+        manifest["labels"] = {column: dict(sorted(values.items())) for column, values in labels.items()}
     if run_date is not None:
         manifest["date"] = run_date
     if columns is not None:

@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,10 @@ class PartSummary:
     cost_by_model: dict[str, float] = field(default_factory=dict)
     #: The digest of the shard's input rows when it was published (``None``: unknown, not kept).
     input_digest: str | None = None
+    #: A labeling job's rows by value, per enum label column (``label_sentiment: {positive: 3, …}``).
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Rows that carry another row's answer (``duplicate_of``): not sent, not paid.
+    duplicates: int = 0
 
 
 #: Keys of a part's Parquet metadata.
@@ -62,13 +66,17 @@ class PartWriter:
 
     def __init__(self, storage: Storage, folder: str, shard_rows: int,
                  on_published: Callable[[PartSummary], Awaitable[None]] | None = None, *, job_hash: str = "",
-                 passthrough: pa.Schema | None = None):
+                 passthrough: pa.Schema | None = None,
+                 derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None, enums: Sequence[str] = ()):
         self._storage = storage
         self._folder = folder
         self._shard_rows = shard_rows
         self._on_published = on_published
         self._job_hash = job_hash
         self._passthrough = passthrough
+        #: A labeling job's label columns, from each record's answer (``workers.labels.label_columns``).
+        self._derive = derive
+        self._enums = tuple(enums)
         # (seq, record): the row's position is kept beside it, never in it (an input may have any column).
         self._open: dict[int, list[tuple[int, dict[str, Any]]]] = {}
         self._digests: dict[int, str] = {}
@@ -135,12 +143,14 @@ class PartWriter:
     async def _publish(self, shard: int, numbered: list[tuple[int, dict[str, Any]]]) -> None:
         numbered.sort(key=lambda pair: pair[0])
         records = [record for _, record in numbered]
+        if self._derive is not None:
+            records = [{**record, **self._derive(record)} for record in records]
         name = part_name(shard)
         try:
             async with self._one_at_a_time:  # one at a time, so checkpoints follow publishing order
                 digest = self._digests.get(shard)
                 await asyncio.to_thread(self._write, records, name, digest)
-                summary = summarize(name, shard, records, digest)
+                summary = summarize(name, shard, records, digest, enums=self._enums)
                 self.parts.append(summary)
                 log.info("part_published", part=name, rows=summary.rows, **summary.by_status)
                 if self._on_published is not None:
@@ -178,8 +188,9 @@ def part_shard(name: str) -> int | None:
 _PART = re.compile(r"part-(\d{6,})\.parquet")
 
 
-def summarize(name: str, shard: int, records: list[dict[str, Any]], input_digest: str | None = None) -> PartSummary:
-    """Totals of one part's records."""
+def summarize(name: str, shard: int, records: list[dict[str, Any]], input_digest: str | None = None, *,
+              enums: Sequence[str] = ()) -> PartSummary:
+    """Totals of one part's records; ``enums``: label columns whose rows are counted by value."""
     statuses = Counter(r["status"] for r in records)
     by_model: dict[str, float] = {}
     for r in records:
@@ -195,6 +206,8 @@ def summarize(name: str, shard: int, records: list[dict[str, Any]], input_digest
         cost_usd=sum(r["cost_usd"] or 0.0 for r in records),
         cost_by_model=dict(by_model),
         input_digest=input_digest,
+        labels={column: dict(Counter(r[column] for r in records if r.get(column) is not None)) for column in enums},
+        duplicates=sum(1 for r in records if r.get("duplicate_of") is not None),
     )
 
 

@@ -7,7 +7,9 @@ Every finished row goes to the journal (durable at once) and to its shard's part
 (published when the shard is whole). Rows an earlier run finished are not sent again:
 those in kept parts are skipped while reading; any other row whose identity (id and
 request digest) has an earlier answer in the pool (``flows.resume``) takes it and goes
-straight back to the part writer.
+straight back to the part writer. A row whose request is identical to an earlier row's
+(``workers.dedupe``) is not sent: it takes that row's answer when it comes (or came, in an
+earlier run) and records ``duplicate_of``.
 """
 
 from __future__ import annotations
@@ -21,16 +23,31 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import structlog
 
 from flows.inputs import Reading, ShardRead, iter_items, scan_columns, stream
 from flows.journal import Journal
 from flows.logs import register_secret
 from flows.parts import PartSummary, PartWriter, summarize
-from flows.resume import Earlier
+from flows.resume import Earlier, KeptAnswers
 from flows.storage import storage_for
-from schemas import OUTPUT_SCHEMA, BadRowError, EndpointSpec, InputSchema, JobSpec, ModelInfo, Price, PromptRow
+from schemas import (
+    OUTPUT_SCHEMA,
+    BadRowError,
+    EndpointSpec,
+    InputSchema,
+    JobSpec,
+    ModelInfo,
+    PassthroughError,
+    Price,
+    PromptRow,
+    ResponseSpec,
+    with_labels,
+)
 from workers import EndpointClient, Engine, Lane, Outcome, Quota, RetryPolicy, Spend, Tally, TokenCounter
+from workers.dedupe import Duplicates, copy_record
+from workers.labels import label_columns
 from workers.pool import DEFAULT_LOOKAHEAD
 from workers.quota import Credit
 
@@ -102,6 +119,8 @@ class Execution:
     resumed_rows: int = 0
     #: Rows that took an earlier answer from the pool (counted in ``resumed_rows`` too).
     reused_rows: int = 0
+    #: Rows not sent because an identical request was (``duplicate_of``), placed in this run.
+    duplicate_rows: int = 0
     #: Earlier answers no input row claimed (their rows left the input): dropped when complete.
     dropped_rows: int = 0
     #: Rows finished but not yet in a published part (they are in the journal).
@@ -141,7 +160,7 @@ class Execution:
     @property
     def done_rows(self) -> int:
         """Rows the output holds, from every run."""
-        return self.resumed_rows + self.tally.rows + self.unplaced_rows
+        return self.resumed_rows + self.tally.rows + self.unplaced_rows + self.duplicate_rows
 
     #: Earlier answers not placed yet (a run stopped before its reading got to their rows).
     unplaced_rows: int = 0
@@ -169,19 +188,28 @@ async def api_key(endpoint: EndpointSpec) -> str:
     return key
 
 
+def part_columns(spec: JobSpec, columns: InputSchema) -> pa.Schema:
+    """What follows our columns in every part: the job's label columns, then the passthrough columns."""
+    try:
+        return with_labels(spec.response.columns if spec.response is not None else None, columns.passthrough)
+    except PassthroughError as exc:
+        raise JobError(str(exc)) from None
+
+
 def lane_for(endpoint: EndpointSpec, key: str, price: Price | None = None, credit: Credit | None = None,
              on_learned: Callable[[float, float], Awaitable[None]] | None = None,
-             model: ModelInfo | None = None) -> Lane:
+             model: ModelInfo | None = None, response: ResponseSpec | None = None) -> Lane:
     """A deployment's client, quota and tokenizer, built on the running event loop.
 
     ``credit``: the deployment's quota is shared with other processes (a scaled-out job);
     ``on_learned`` hears what this process learned of the real quota, to share it.
     ``model``: the model as the job resolves it (``JobSpec.model_for``); by default the catalog's.
+    ``response``: a labeling job's expected answer (the client asks for it, the pool validates it).
     """
     quota = Quota(endpoint.requests_per_minute, endpoint.tokens_per_minute, window_s=endpoint.quota_window_s,
                   credit=credit, mode=endpoint.quota, name=endpoint.url, on_learned=on_learned)
-    return Lane(EndpointClient(endpoint, key), quota, TokenCounter(model or endpoint.model), endpoint.max_concurrency,
-                price=price)
+    return Lane(EndpointClient(endpoint, key, response=response), quota, TokenCounter(model or endpoint.model),
+                endpoint.max_concurrency, price=price)
 
 
 async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_LOOKAHEAD,
@@ -207,7 +235,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     keys = [await api_key(e) for e in spec.all_endpoints]
     shared = list(credits) if credits is not None else [None] * len(spec.all_endpoints)
     told = list(learners) if learners is not None else [None] * len(spec.all_endpoints)
-    lanes = [lane_for(e, key, spec.price(e.model), credit, learner, spec.model_for(e))
+    lanes = [lane_for(e, key, spec.price(e.model), credit, learner, spec.model_for(e), spec.response)
              for e, key, credit, learner in zip(spec.all_endpoints, keys, shared, told, strict=True)]
     limit = spec.budget_usd
     if limit is not None and part is not None:
@@ -228,20 +256,35 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
 
     if columns is None:
         columns = await asyncio.to_thread(scan_columns, storage_for(spec.input), files)
+    response = spec.response
     writer = PartWriter(out, spec.output, progress.shard_rows, on_published=published, job_hash=spec.job_hash(),
-                        passthrough=columns.passthrough)
+                        passthrough=part_columns(spec, columns),
+                        derive=(lambda r: label_columns(response, r)) if response is not None else None,
+                        enums=[f"label_{name}" for name in response.enum_fields] if response is not None else ())
     resumed = sum(p.rows for shard, p in progress.kept.items() if part is None or shard % part[1] == part[0])
     execution = Execution([], engine.tally, engine, Reading(), resumed_rows=resumed, part=part,
                           shard_rows=progress.shard_rows)
 
+    dupes: Duplicates[PromptRow] = Duplicates()
+    if spec.dedupes and progress.kept:
+        dupes.lookup = KeptAnswers(out, spec.output, sorted(progress.kept))
+
+    def place(seq: int, record: dict[str, Any], passthrough: Any) -> None:
+        journal.add(seq, {name: record[name] for name in OUTPUT_SCHEMA.names})
+        writer.add(seq, {**record, **passthrough})
+
     async def sink(outcome: Outcome) -> None:
         record = outcome.record(spec.price(outcome.model) if outcome.model else None)
-        journal.add(outcome.seq, {name: record[name] for name in OUTPUT_SCHEMA.names})
-        writer.add(outcome.seq, record)
+        place(outcome.seq, record, {})
         if outcome.error is not None and outcome.error.startswith("bad input: "):
             execution.bad_input_rows += 1
             if len(execution.bad_input) < BAD_INPUT_LISTED:
                 execution.bad_input.append(outcome.error.removeprefix("bad input: "))
+        if spec.dedupes and outcome.digest is not None:
+            ours = {name: record[name] for name in OUTPUT_SCHEMA.names}
+            for copy in dupes.answered(outcome.digest, ours):
+                execution.duplicate_rows += 1
+                place(copy.seq, copy_record(ours, copy.id), copy.passthrough)
 
     async def remaining(items: AsyncIterator[Any]) -> AsyncIterator[PromptRow | BadRowError]:
         async for item in items:
@@ -249,12 +292,22 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
                 writer.shard_read(item.shard, item.digest, item.rows)
                 continue
             answer = progress.pool.take(item.id, item.digest) if isinstance(item, PromptRow) else None
-            if answer is None:
-                yield item
+            if answer is not None:
+                execution.reused_rows += 1
+                execution.resumed_rows += 1
+                writer.add(item.seq, {**answer, **item.passthrough})
+                if spec.dedupes:
+                    dupes.known(item.digest, answer)
                 continue
-            execution.reused_rows += 1
-            execution.resumed_rows += 1
-            writer.add(item.seq, {**answer, **item.passthrough})
+            if spec.dedupes and isinstance(item, PromptRow):
+                plan, original = dupes.plan(item.digest, item.id, item)
+                if plan == "wait":
+                    continue
+                if original is not None:
+                    execution.duplicate_rows += 1
+                    place(item.seq, copy_record(original, item.id), item.passthrough)
+                    continue
+            yield item
 
     skip = progress.done_shard
     if part is not None:

@@ -116,11 +116,14 @@ def summary_markdown(manifest: dict[str, Any]) -> str:
     lines = [
         f"# promptbatch run — {manifest['status']}", "",
         "| outcome | rows |", "|---|---:|",
-        *(f"| {status} | {rows[status]:,} |" for status in ("ok", "filtered", "error")),
+        *(f"| {status} | {rows[status]:,} |" for status in ("ok", "filtered", "error", "invalid") if status in rows),
         f"| **total** | **{rows['total']:,}** |", "",
         "| model | cost (USD) |", "|---|---:|",
         *(f"| {model} | {usd:,.6f} |" for model, usd in cost["by_model"].items()),
         f"| **total** | **{cost['total']:,.6f}** |", "",
+        *(["Labels: " + "; ".join(f"{column} " + ", ".join(f"{v} {n:,}" for v, n in values.items())
+                                   for column, values in manifest["labels"].items()), ""]
+          if manifest.get("labels") else []),
         f"Tokens: {tokens['prompt']:,} prompt + {tokens['completion']:,} completion. "
         f"Prices as of {manifest['prices_as_of']}. Wall time {manifest['wall_time_s']:,.1f} s.",
     ]

@@ -16,7 +16,7 @@ and parameters, ``schemas.request_digest``) — never by its line number. A re-r
 
 So an appended, inserted, deleted or edited row is sent (or its old answer dropped),
 and every kept answer belongs to its own prompt. ``--retry-errors`` leaves the answers
-that ended in ``error`` out of the pool (their rows are sent again); a part holding
+that ended in ``error`` or ``invalid`` out of the pool (their rows are sent again); a part holding
 errors is rebuilt whenever the journal holds rows (they may be retries of them).
 
 Reading the pool costs memory in proportion to the rows being reconciled (their
@@ -42,6 +42,8 @@ from schemas import OUTPUT_SCHEMA, STATUSES
 log = structlog.get_logger(__name__)
 
 Key = tuple[str, str]
+#: What ``--retry-errors`` sends again: rows that ended in ``error``, and labeling rows that never validated.
+RETRIED = ("error", "invalid")
 
 
 class AnswerPool:
@@ -57,7 +59,7 @@ class AnswerPool:
         row_id, digest = record.get("id"), record.get("request_digest")
         if row_id is None or digest is None:
             return
-        if self._retry_errors and record.get("status") == "error":
+        if self._retry_errors and record.get("status") in RETRIED:
             return
         answers = self._by_key.setdefault((row_id, digest), [])
         answers.append({name: record.get(name) for name in OUTPUT_SCHEMA.names})
@@ -130,7 +132,7 @@ def read_earlier(storage: Storage, output: str, shard_rows: int, manifest: dict[
     for shard, summary in sorted(published.items()):
         current = summary.input_digest if now is None else (now[shard] if shard < len(now) else None)
         same_input = summary.input_digest is not None and summary.input_digest == current
-        errors = summary.by_status.get("error", 0) > 0
+        errors = any(summary.by_status.get(status, 0) for status in RETRIED)
         if same_input and not (errors and (retry_errors or earlier.segments)):
             earlier.kept[shard] = summary
             continue
@@ -149,6 +151,38 @@ def read_earlier(storage: Storage, output: str, shard_rows: int, manifest: dict[
                  answers_to_place=earlier.pool.size, journal_segments=len(earlier.segments),
                  retry_errors=retry_errors, input_read_for_changes=now is not None)
     return earlier
+
+
+class KeptAnswers:
+    """Answers of kept parts by request digest, for copies of their requests (``workers.dedupe``).
+
+    Built on the first lookup from the parts' ``request_digest``/``id``/``status`` columns (each part is
+    read once); a hit reads its part's row, the last part read being kept at hand.
+    """
+
+    def __init__(self, storage: Storage, output: str, shards: list[int]):
+        self._storage, self._output, self._shards = storage, output, shards
+        self._index: dict[str, tuple[int, int]] | None = None
+        self._part: tuple[int, Any] | None = None
+
+    def __call__(self, digest: str) -> dict[str, Any] | None:
+        if self._index is None:
+            self._index = {}
+            for shard in self._shards:
+                table = _part_table(self._storage, self._output, shard, columns=["request_digest", "status"])
+                for i, (key, status) in enumerate(zip(table.column("request_digest").to_pylist(),
+                                                      table.column("status").to_pylist(), strict=True)):
+                    if key is not None and status != "error":
+                        self._index.setdefault(key, (shard, i))
+        hit = self._index.get(digest)
+        if hit is None:
+            return None
+        shard, row = hit
+        if self._part is None or self._part[0] != shard:
+            self._part = (shard, _part_table(self._storage, self._output, shard))
+        names = [n for n in OUTPUT_SCHEMA.names if n in self._part[1].column_names]
+        record: dict[str, Any] = self._part[1].select(names).slice(row, 1).to_pylist()[0]
+        return {name: record.get(name) for name in OUTPUT_SCHEMA.names}
 
 
 def published_parts(storage: Storage, output: str, manifest: dict[str, Any] | None) -> dict[int, PartSummary]:
@@ -174,5 +208,5 @@ def part_records(storage: Storage, output: str, shard: int) -> list[dict[str, An
     return records
 
 
-def _part_table(storage: Storage, output: str, shard: int) -> Any:
-    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, part_name(shard)))))
+def _part_table(storage: Storage, output: str, shard: int, columns: list[str] | None = None) -> Any:
+    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, part_name(shard)))), columns=columns)

@@ -29,7 +29,16 @@ from schemas.models import (
     model_info,
 )
 from schemas.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA, STATUSES, Status, passthrough_name
-from schemas.passthrough import InputColumns, InputSchema, PassthroughError, conform, output_table, part_schema
+from schemas.passthrough import (
+    InputColumns,
+    InputSchema,
+    PassthroughError,
+    conform,
+    output_table,
+    part_schema,
+    with_labels,
+)
+from schemas.response import ResponseSpec
 from schemas.rows import BadRowError, PromptRow, build_row, derive_id, request_digest
 
 __all__ = [
@@ -54,6 +63,7 @@ __all__ = [
     "Price",
     "PromptRow",
     "PromptSpec",
+    "ResponseSpec",
     "Status",
     "TokenizerName",
     "UnknownModelError",
@@ -72,4 +82,5 @@ __all__ = [
     "pointer_folder",
     "request_digest",
     "resolve",
+    "with_labels",
 ]

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from schemas.dates import placeholders, resolve
 from schemas.models import SHIPPED_TOKENIZERS, ModelInfo, Price, canonical_name, model_info, unknown_model_message
+from schemas.response import ResponseSpec
 
 DEFAULT_MAX_TOKENS = 1024
 AZURE_INFERENCE_API_VERSION = "2024-05-01-preview"
@@ -162,6 +163,11 @@ class JobSpec(_Frozen):
     prices: dict[str, PriceOverride] = {}
     #: A model the catalog does not know, for the endpoints that name it.
     model: ModelSpec | None = None
+    #: A labeling job's expected answer: schema, mode, re-asks (``schemas.response``).
+    response: ResponseSpec | None = None
+    #: Identical requests (same messages and parameters) are sent once, the answer fanned out
+    #: (``duplicate_of``); unset: on for labeling jobs (``response``), off otherwise.
+    dedupe: bool | None = None
     shard_rows: int = Field(5_000, gt=0)
     max_attempts: int = Field(6, ge=1, le=20)
     stop_grace_s: float = Field(20.0, ge=0, le=600)
@@ -212,6 +218,19 @@ class JobSpec(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _response_fits_each_route(self) -> JobSpec:
+        if self.response is None:
+            return self
+        if self.params.response_format is not None:
+            raise ValueError("`params.response_format` and `response` both say how to answer: keep `response` "
+                             "(its `mode` sets response_format)")
+        if self.response.mode == "json_schema" and any(e.api == "mistral" for e in self.all_endpoints):
+            raise ValueError("`response.mode` json_schema is not in the mistral route's published contract "
+                             "(response_format types text and json_object only): use tool, json_object or auto, "
+                             "or api: azure-inference")
+        return self
+
+    @model_validator(mode="after")
     def _models_known(self) -> JobSpec:
         # Checked here, not per endpoint: the job's own `model:` block may be what names it.
         for i, endpoint in enumerate(self.all_endpoints):
@@ -256,6 +275,11 @@ class JobSpec(_Frozen):
         """The oldest built-in price the job uses (ISO date), or ``"job"`` when the job gives every one."""
         dates = [d for d in (self.model_for(e).price_as_of for e in self.all_endpoints) if d is not None]
         return min(dates).isoformat() if dates else "job"
+
+    @property
+    def dedupes(self) -> bool:
+        """Whether identical requests are sent once (``dedupe``, by default on for labeling jobs)."""
+        return self.dedupe if self.dedupe is not None else self.response is not None
 
     @property
     def all_endpoints(self) -> tuple[EndpointSpec, ...]:
@@ -306,11 +330,13 @@ class JobSpec(_Frozen):
         Input and output locations, budget and quotas are left out: moving a job or
         raising its budget does not change its results.
         """
-        material = {
+        material: dict[str, Any] = {
             "prompt": self.prompt.model_dump(),
             "params": self.params.model_dump(),
             "models": sorted({self.model_for(e).name for e in self.all_endpoints}),
         }
+        if self.response is not None:  # only when set: the hashes of jobs without one stay as they were
+            material["response"] = self.response.model_dump(by_alias=True)
         blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -12,8 +12,9 @@ from typing import Final, Literal
 
 import pyarrow as pa
 
-Status = Literal["ok", "filtered", "error"]
-STATUSES: Final = ("ok", "filtered", "error")
+#: ``invalid``: a labeling job's answer never validated against its schema, re-asks included.
+Status = Literal["ok", "filtered", "error", "invalid"]
+STATUSES: Final = ("ok", "filtered", "error", "invalid")
 
 TOP_LOGPROB = pa.struct([("token", pa.string()), ("logprob", pa.float64())])
 TOKEN_LOGPROB = pa.struct(
@@ -38,6 +39,8 @@ OUTPUT_SCHEMA: Final = pa.schema(
         ("error", pa.string()),
         ("request_digest", pa.string()),
         ("usage_estimated", pa.bool_()),
+        # The id of the row whose answer this one carries: its request was identical, it was sent once.
+        ("duplicate_of", pa.string()),
     ]
 )
 OUTPUT_COLUMNS: Final = frozenset(OUTPUT_SCHEMA.names)

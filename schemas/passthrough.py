@@ -170,6 +170,20 @@ def column(values: Iterable[Any], type_: pa.DataType) -> pa.Array:
     return pa.array(values, type=type_)
 
 
+def with_labels(labels: pa.Schema | None, passthrough: pa.Schema) -> pa.Schema:
+    """A labeling job's label columns, then the passthrough columns: what follows our columns in every part.
+
+    ``PassthroughError`` when an input column has a label column's name (it would shadow the label).
+    """
+    if labels is None:
+        return passthrough
+    clash = sorted(set(labels.names) & set(passthrough.names))
+    if clash:
+        raise PassthroughError(f"input column `{clash[0]}` has the name of a label column of the job's `response` "
+                               "schema: rename the input column (or the schema's property)")
+    return pa.schema([*labels, *passthrough])
+
+
 def part_schema(passthrough: pa.Schema) -> pa.Schema:
     """Every part's schema: our columns, then the passthrough columns."""
     return pa.schema([*OUTPUT_SCHEMA, *passthrough])

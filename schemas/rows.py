@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from schemas.job import Params, PromptSpec
 from schemas.output import passthrough_name
+from schemas.response import with_instruction
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 _RESERVED = frozenset({"id", "messages", "params"})
@@ -57,12 +58,13 @@ class PromptRow:
 
 
 def build_row(record: Mapping[str, Any], seq: int, where: str, prompt: PromptSpec, params: Params, *,
-              mixed_ids: bool = False) -> PromptRow:
+              mixed_ids: bool = False, instruction: str | None = None) -> PromptRow:
     """Validate one input record and turn it into a ``PromptRow``; ``BadRowError`` if it cannot be sent.
 
     An integer id becomes its decimal text (``7`` → ``"7"``), unless ``mixed_ids`` (other rows of the
     input have string ids: ``7`` and ``"7"`` would be one id): then the row is refused. Any other
-    type of id (``true``, ``1.5``, an object) is refused.
+    type of id (``true``, ``1.5``, an object) is refused. ``instruction`` (a labeling job's schema, stated)
+    ends the system message, so it is counted, digested and billed as part of the prompt.
     """
     row_id = record.get("id")
     try:
@@ -72,6 +74,8 @@ def build_row(record: Mapping[str, Any], seq: int, where: str, prompt: PromptSpe
         else:
             messages = _from_template(record, where, prompt)
         row_params = _params(record.get("params"), where, params)
+        if instruction is not None:
+            messages = with_instruction(messages, instruction)
     except BadRowError as exc:
         exc.seq = seq
         exc.row_id = row_id if isinstance(row_id, str) else None

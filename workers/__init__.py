@@ -5,6 +5,7 @@ orchestration.
 """
 
 from workers.client import Completion, EndpointClient, normalize_logprobs, parse_error_body, retry_after_seconds
+from workers.dedupe import Duplicates, copy_record
 from workers.errors import (
     AuthRejectedError,
     ContentFilteredError,
@@ -16,6 +17,7 @@ from workers.errors import (
     ServerError,
     TransportError,
 )
+from workers.labels import Modes, label_columns
 from workers.pool import Engine, Lane, Outcome, Tally
 from workers.quota import Quota
 from workers.retry import RetryPolicy
@@ -26,12 +28,14 @@ __all__ = [
     "AuthRejectedError",
     "BudgetExhaustedError",
     "Completion",
+    "Duplicates",
     "ContentFilteredError",
     "EndpointClient",
     "EndpointError",
     "Engine",
     "JobAbortedError",
     "Lane",
+    "Modes",
     "Outcome",
     "Quota",
     "RateLimitedError",
@@ -44,6 +48,8 @@ __all__ = [
     "TokenCounter",
     "TokenizeError",
     "TransportError",
+    "copy_record",
+    "label_columns",
     "normalize_logprobs",
     "parse_error_body",
     "retry_after_seconds",

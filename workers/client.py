@@ -10,7 +10,10 @@ Two routes reach a serverless Mistral deployment and they differ in what they ac
 
 Log-probabilities are asked for only while the endpoint accepts them: the first 422
 that names ``logprobs`` turns them off for this endpoint and the row is sent again
-without. Both answer shapes (OpenAI chat and the legacy one) are normalized to a list
+without. A labeling job's structured-output mode (``workers.labels.Modes``) falls back the
+same way: a 400/422 refusing it moves this endpoint to the next mode for the rest of the run,
+and until the endpoint has taken one, requests go one at a time (so one refusal teaches it).
+Both answer shapes (OpenAI chat and the legacy one) are normalized to a list
 of ``{token, logprob, top_logprobs: [{token, logprob}]}``.
 """
 
@@ -28,6 +31,7 @@ import structlog
 from httpx_aiohttp import AiohttpTransport
 
 from schemas import EndpointSpec, Params
+from schemas.response import ResponseSpec
 from workers.errors import (
     AuthRejectedError,
     ContentFilteredError,
@@ -37,6 +41,7 @@ from workers.errors import (
     ServerError,
     TransportError,
 )
+from workers.labels import Modes
 from workers.redact import mask, mask_bytes
 
 log = structlog.get_logger(__name__)
@@ -60,6 +65,8 @@ class Completion:
     remaining_tokens: int | None = None
     limit_requests: int | None = None
     limit_tokens: int | None = None
+    #: The arguments of the first tool call, as JSON text (a labeling job's ``tool`` mode answers there).
+    tool_arguments: str | None = None
 
     @property
     def filtered(self) -> bool:
@@ -70,9 +77,14 @@ class Completion:
 class EndpointClient:
     """Sends chat completions to one deployment; raises ``workers.errors`` types only."""
 
-    def __init__(self, spec: EndpointSpec, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(self, spec: EndpointSpec, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None,
+                 response: ResponseSpec | None = None):
         self.spec = spec
         self.logprobs_accepted = True
+        #: A labeling job's structured-output modes still open to this endpoint.
+        self.modes = Modes(response, spec.api) if response is not None else None
+        self._mode_settled = self.modes is None or self.modes.final
+        self._mode_probe = asyncio.Lock()
         self._secrets = (api_key,)
         headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         if spec.api == "azure-inference":
@@ -100,17 +112,37 @@ class EndpointClient:
         await self.aclose()
 
     async def complete(self, messages: tuple[dict[str, str], ...] | list[dict[str, str]], params: Params) -> Completion:
-        """One chat completion; one more request only if the endpoint refused logprobs."""
-        body, headers = self.request_body(messages, params)
-        try:
-            return await self._post(body, headers)
-        except RowFailedError as exc:
-            if "logprobs" not in body or exc.status != 422 or "logprobs" not in exc.message:
+        """One chat completion; one more request each time the endpoint refuses logprobs or the answer's mode."""
+        if not self._mode_settled:
+            async with self._mode_probe:  # one at a time until a mode is taken: one refusal is enough to learn
+                if not self._mode_settled:
+                    completion = await self._complete(messages, params)
+                    self._mode_settled = True
+                    return completion
+        return await self._complete(messages, params)
+
+    async def _complete(self, messages: tuple[dict[str, str], ...] | list[dict[str, str]],
+                        params: Params) -> Completion:
+        while True:
+            mode = self.modes.current if self.modes is not None else None
+            body, headers = self.request_body(messages, params)
+            try:
+                return await self._post(body, headers)
+            except RowFailedError as exc:
+                if isinstance(exc, ContentFilteredError):  # the prompt's fault, never the mode's
+                    raise
+                if "logprobs" in body and exc.status == 422 and "logprobs" in exc.message:
+                    if self.logprobs_accepted:
+                        self.logprobs_accepted = False
+                        log.warning("logprobs_refused", endpoint=self.spec.url, detail=exc.message[:200])
+                    continue
+                if self.modes is not None and mode != self.modes.current:
+                    continue  # sent in a mode another request found refused: send it in the current one
+                if self.modes is not None and self.modes.refused(exc.status, exc.message, settled=self._mode_settled):
+                    log.warning("response_mode_refused", endpoint=self.spec.url, refused=mode,
+                                now=self.modes.current, detail=exc.message[:200])
+                    continue
                 raise
-            if self.logprobs_accepted:
-                self.logprobs_accepted = False
-                log.warning("logprobs_refused", endpoint=self.spec.url, detail=exc.message[:200])
-            return await self._post(*self.request_body(messages, params))
 
     async def check_key(self) -> bool:
         """Ask ``GET /info`` whether the key is accepted, at the cost of no completion.
@@ -155,6 +187,8 @@ class EndpointClient:
                 body["top_logprobs"] = params.top_logprobs
             if self.spec.api == "azure-inference":  # not declared by the inference API: an extra parameter
                 headers["extra-parameters"] = "pass-through"
+        if self.modes is not None:
+            body.update(self.modes.body_fields())
         return body, headers
 
     async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> Completion:
@@ -196,6 +230,7 @@ def parse_completion(content: bytes, headers: httpx.Headers | dict[str, str]) ->
         usage = data.get("usage") or {}
         message = choice.get("message") or {}
         return Completion(
+            tool_arguments=_tool_arguments(message),
             response_id=data.get("id"),
             model=data.get("model"),
             # A gateway may echo the request's headers into the answer itself: no credential passes.
@@ -213,6 +248,17 @@ def parse_completion(content: bytes, headers: httpx.Headers | dict[str, str]) ->
         raise TransportError(f"unreadable answer: {exc}") from None
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise TransportError(f"unreadable 200 body ({len(content)} bytes): {type(exc).__name__}") from exc
+
+
+def _tool_arguments(message: dict[str, Any]) -> str | None:
+    """The first tool call's arguments as JSON text (Mistral may send them as an object), masked."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list) or not calls or not isinstance(calls[0], dict):
+        return None
+    arguments = (calls[0].get("function") or {}).get("arguments")
+    if arguments is None:
+        return None
+    return mask(arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False))
 
 
 class _UsageError(ValueError):

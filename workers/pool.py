@@ -7,6 +7,10 @@ rows flow to whichever deployment has capacity. Every row ends as exactly one
 order. A ``JobAbortedError`` (a rejected key) stops every worker at once and is
 raised from ``run``.
 
+A labeling job's answers are validated as they come (``schemas.response``); an invalid one
+is asked again (``workers.labels``) through the quota and the budget like any request, and
+a row that never validates ends ``invalid``.
+
 ``Engine.stop`` (a signal, or the budget running out) ends a run gracefully: nothing
 more is admitted, rows not yet sent are dropped (they stay pending, for the next run),
 requests in flight get ``grace_s`` seconds to finish and are then cancelled.
@@ -15,6 +19,7 @@ requests in flight get ``grace_s`` seconds to finish and are then cancelled.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
@@ -23,7 +28,9 @@ from typing import Any
 
 import structlog
 
-from schemas import BadRowError, Price, PromptRow, Status
+from schemas import STATUSES, BadRowError, Params, Price, PromptRow, Status
+from schemas.response import ResponseSpec
+from workers import labels
 from workers.calibration import PromptScale
 from workers.client import Completion, EndpointClient
 from workers.errors import ContentFilteredError, EndpointError, JobAbortedError, RateLimitedError, RowFailedError
@@ -82,6 +89,7 @@ class Outcome:
             "error": self.error,
             "request_digest": self.digest,
             "usage_estimated": self.usage_estimated,
+            "duplicate_of": None,
             **self.passthrough,
         }
 
@@ -143,8 +151,13 @@ class Lane:
         async with self._probe:
             pass
 
-    async def call(self, row: PromptRow) -> Completion:
-        """Send one row, serialized behind the first call until the key is known to work."""
+    @property
+    def response(self) -> ResponseSpec | None:
+        """A labeling job's expected answer, when the job has one."""
+        return self.client.modes.response if self.client.modes is not None else None
+
+    async def call(self, messages: tuple[dict[str, str], ...], params: Params) -> Completion:
+        """Send one request, serialized behind the first call until the key is known to work."""
         while not self.key_confirmed:
             async with self._probe:
                 if self._rejected is not None:  # the job is stopping; send nothing more
@@ -152,7 +165,7 @@ class Lane:
                 if self.key_confirmed:  # confirmed while this call waited its turn
                     break
                 try:
-                    completion = await self.client.complete(row.messages, row.params)
+                    completion = await self.client.complete(messages, params)
                 except JobAbortedError as exc:
                     self._rejected = exc
                     raise
@@ -162,7 +175,7 @@ class Lane:
                     raise
                 self.key_confirmed = True
                 return completion
-        return await self.client.complete(row.messages, row.params)
+        return await self.client.complete(messages, params)
 
 
 class _Empty:
@@ -190,7 +203,7 @@ class Tally:
     """Running totals, for progress lines."""
 
     rows: int = 0
-    by_status: dict[str, int] = field(default_factory=lambda: {"ok": 0, "filtered": 0, "error": 0})
+    by_status: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -385,7 +398,60 @@ class Engine:
             await self.spend.wait_for_room()
 
     async def _send(self, lane: Lane, waiting: Waiting, ticket: Any) -> Outcome | None:
-        """Send an admitted row, retrying as the policy says; ``None`` if the run stopped before it finished."""
+        """Send an admitted row, and ask again while a labeling job's answer does not validate.
+
+        Each re-ask is admitted by the quota and reserved in the budget like any request (its
+        reservation joins the row's, ``Waiting.worst_usd``, settled when the row is done); the
+        row's tokens, cost and attempts add up every request it made.
+        """
+        outcome = await self._exchange(lane, waiting, waiting.row.messages, ticket)
+        response = lane.response
+        if response is None or outcome is None or outcome.status != "ok":
+            return outcome
+        messages, asked = waiting.row.messages, 0
+        while True:
+            assert outcome.completion is not None
+            text = labels.answer_text(outcome.completion)
+            outcome.completion = dataclasses.replace(outcome.completion, content=text)
+            _, error = response.check(text)
+            if error is None:
+                return outcome
+            if asked >= response.reask:
+                return _invalid(outcome, error, asked)
+            asked += 1
+            messages = labels.reask_messages(messages, text, error)
+            max_tokens = waiting.row.params.max_tokens
+            try:
+                counted = lane.counter.prompt_tokens(messages)
+            except TokenizeError as exc:
+                return _invalid(outcome, f"{error}; not asked again: {exc}", asked - 1)
+            if counted + max_tokens > lane.context_tokens:
+                return _invalid(outcome, f"{error}; not asked again: the conversation would exceed the context",
+                                asked - 1)
+            cost = lane.charge(counted, max_tokens)
+            worst = lane.price.cost(cost - max_tokens, max_tokens) if lane.price else 0.0
+            if not self.spend.fits(worst):
+                self.stop("budget")
+                return _invalid(outcome, f"{error}; not asked again: budget_usd reached", asked - 1)
+            self.spend.reserve(worst)
+            waiting.worst_usd += worst
+            before = (outcome.prompt_tokens, outcome.completion_tokens, outcome.usage_estimated)
+            # As for a fresh row: an error unless the exchange succeeds, its own tokens counted from 0.
+            outcome.status, outcome.prompt_tokens, outcome.completion_tokens = "error", 0, 0
+            ticket = await lane.quota.admit(cost)
+            again = await self._exchange(lane, Waiting(waiting.row, outcome, cost, worst, time.monotonic(), counted),
+                                         messages, ticket)
+            if again is None:
+                return None
+            outcome.prompt_tokens += before[0]
+            outcome.completion_tokens += before[1]
+            outcome.usage_estimated = outcome.usage_estimated or before[2]
+            if outcome.status != "ok":
+                return outcome
+
+    async def _exchange(self, lane: Lane, waiting: Waiting, messages: tuple[dict[str, str], ...],
+                        ticket: Any) -> Outcome | None:
+        """One admitted request, retried as the policy says; ``None`` if the run stopped before it finished."""
         item, outcome, cost = waiting.row, waiting.outcome, waiting.cost
         me = asyncio.current_task()
         assert me is not None
@@ -396,7 +462,7 @@ class Engine:
             sent = time.monotonic()
             self._sending.add(me)
             try:
-                completion = await lane.call(item)
+                completion = await lane.call(messages, item.params)
                 usage = checked_usage(completion, cost - item.params.max_tokens, item.params.max_tokens,
                                       lane.counter)
             except JobAbortedError:
@@ -451,6 +517,13 @@ class Engine:
                              f"{item.params.max_tokens} exceeds the {context}-token context of {lane.model}")
             return outcome, None
         return outcome, prompt_tokens
+
+
+def _invalid(outcome: Outcome, error: str, asked: int) -> Outcome:
+    """Record a row whose answer never validated: the last answer stays in ``completion``."""
+    outcome.status = "invalid"
+    outcome.error = f"invalid answer after {asked} re-ask{'s' if asked != 1 else ''}: {error}"
+    return outcome
 
 
 def _failed(outcome: Outcome, exc: EndpointError) -> Outcome:

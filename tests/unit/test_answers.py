@@ -43,6 +43,14 @@ class TestAnswerPool:
         pool.add(answer("b", "d", status="filtered"))
         assert pool.take("a", "d") is None and pool.take("b", "d") is not None
 
+    def test_retry_errors_asks_invalid_labels_again_and_a_plain_resume_keeps_them(self) -> None:
+        retrying, resuming = AnswerPool(retry_errors=True), AnswerPool()
+        for pool in (retrying, resuming):
+            pool.add(answer("a", "d", status="invalid"))
+        assert retrying.take("a", "d") is None
+        taken = resuming.take("a", "d")
+        assert taken is not None and taken["status"] == "invalid"
+
     def test_rows_without_identity_are_never_reused(self) -> None:
         pool = AnswerPool()
         pool.add({"id": None, "request_digest": None, "status": "error", "cost_usd": 0.0})

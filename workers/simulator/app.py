@@ -14,7 +14,9 @@ and ``retry-after-ms`` (or without), ``x-ratelimit-remaining-*`` and ``-limit-*`
 counting the window, the minute, ``-1`` or absent; another tenant may use a share of
 the quota. Usage is counted with the model's own tokenizer, error bodies come in the
 shapes the real service uses, and faults are injected at the configured rates.
-``GET /_sim/stats`` reports what was billed.
+Asked for JSON mode, a ``json_schema`` or a tool call, it answers with an instance of the
+schema (``workers.simulator.structured``), a set share of them invalid; it can refuse
+``json_schema`` with 400 the way Azure did. ``GET /_sim/stats`` reports what was billed.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from typing import Any
 
 from aiohttp import web
 
+from workers.simulator import structured
 from workers.simulator.config import SimConfig
 from workers.simulator.metering import MinuteTally, meter
-from workers.simulator.text import fabricate, fabricate_logprobs, prompt_digest
+from workers.simulator.text import Fabricated, fabricate, fabricate_logprobs, prompt_digest
 from workers.tokens import TokenCounter, TokenizeError
 
 NATIVE_FIELDS = frozenset({
@@ -180,6 +183,13 @@ class Simulator:
         except TokenizeError as exc:
             return self._error(400, {"object": "error", "message": str(exc), "type": "invalid_request_error",
                                      "code": None})
+        response_format = body.get("response_format")
+        if self.config.refuse_json_schema and isinstance(response_format, dict) \
+                and response_format.get("type") == "json_schema":
+            # What Azure answered Mistral Large 2411 (litellm#11885): a bare "invalid input error".
+            self.stats["refused_json_schema"] += 1
+            return self._error(400, {"object": "error", "message": "invalid input error", "type": "BadRequest",
+                                     "param": None, "code": 400})
         if prompt_tokens + max_tokens > self.counter.model.context_tokens:
             return self._error(400, {"object": "error", "type": "invalid_request_error", "code": None, "message": (
                 f"Prompt contains {prompt_tokens} tokens and {max_tokens} draft tokens, too large for model "
@@ -220,11 +230,18 @@ class Simulator:
             self.stats["hangs"] += 1
             await asyncio.sleep(self.config.hang_s)
 
-        fab = fabricate(messages, max_tokens, self.counter, self.config.seed)
+        want = structured.wanted(body, messages)
+        fab = fabricate(messages, max_tokens, self.counter, self.config.seed) if want is None \
+            else self._structured(want, messages, max_tokens)
         finish = "content_filter" if fault == "filter" else fab.finish_reason
         content = fab.text if finish != "content_filter" else ""
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
-                                  "finish_reason": finish}
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if want is not None and want.mode == "tool" and finish != "content_filter":
+            message = {"role": "assistant", "content": "", "tool_calls": [{
+                "id": uuid.uuid4().hex[:9], "type": "function",
+                "function": {"name": want.name, "arguments": fab.text}}]}
+            finish = "tool_calls" if finish == "stop" else finish
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
         if body.get("logprobs") and finish != "content_filter":
             shape = "legacy" if self.config.logprobs == "legacy" else "openai"
             choice["logprobs"] = fabricate_logprobs(fab, self.counter, shape, int(body.get("top_logprobs") or 0))
@@ -259,6 +276,18 @@ class Simulator:
             return response
         self.stats["ok"] += 1
         return web.Response(body=raw, content_type="application/json", headers=limits)
+
+    def _structured(self, want: structured.Wanted, messages: list[Any], max_tokens: int) -> Fabricated:
+        """A JSON answer for ``want``, invalid at the configured share (always for ``[[invalid]]``)."""
+        bad = "[[invalid]]" in json.dumps(messages) or (
+            self.config.invalid_answers > 0 and self.rng.random() < self.config.invalid_answers)
+        if bad:
+            self.stats["invalid_answers"] += 1
+        text = structured.answer(want, prompt_digest(messages), self.config.seed, bad, self.rng)
+        tokens = self.counter.text_tokens(text)
+        if len(tokens) <= max_tokens:
+            return Fabricated(text, tokens, "stop")
+        return Fabricated(self.counter.decode(tokens[:max_tokens]), tokens[:max_tokens], "length")
 
     def _limit_headers(self, now: float, admission: Any) -> dict[str, str]:
         """``x-ratelimit-*`` as this deployment's ``headers`` mode has them."""

@@ -54,6 +54,10 @@ class SimConfig:
     retry_after: bool = True
     #: Another tenant of the deployment, using this share of its quota (0.3 = 30 %).
     foreign_share: float = 0.0
+    #: The share of structured answers (JSON mode, json_schema, tool calls) that are not valid.
+    invalid_answers: float = 0.0
+    #: Refuse ``response_format: {type: json_schema}`` with 400, as Azure did for Mistral Large 2411.
+    refuse_json_schema: bool = False
 
     def model_info(self) -> ModelInfo:
         """The model this deployment serves, and the tokenizer it bills with."""
@@ -74,6 +78,8 @@ class SimConfig:
             raise ValueError("fault rates add up to more than 1")
         if not 0 <= self.foreign_share < 1:
             raise ValueError("foreign_share must be at least 0 and below 1")
+        if not 0 <= self.invalid_answers <= 1:
+            raise ValueError("invalid_answers must be between 0 and 1")
 
 
 def parse_faults(text: str) -> dict[str, float]:

@@ -30,6 +30,14 @@ class TestWorlds:
         if metering == "bucket":  # a fresh bucket takes a whole window at once, and the job uses it
             assert credited >= 0.97
 
+    @pytest.mark.parametrize("metering", METERINGS)
+    def test_requests_that_reach_the_server_late_cost_little(self, metering: str) -> None:
+        # Up to 50 ms late (a busy machine): the window copy's guard covers it.
+        world = World(metering=metering)  # type: ignore[arg-type]
+        out, _ = run(world, jitter_s=0.05, seed=3)
+        steady, _ = utilization(world, out)
+        assert steady >= 0.968 and out.refused <= 0.01 * out.sent, (steady, out.refused)
+
     @pytest.mark.parametrize("start_s", [1.0, 8.0])
     def test_a_bucket_is_not_overdrawn_by_refills_saved_before_the_first_request(self, start_s: float) -> None:
         # The key probe and the first answers take a while: the ledger's budget fills meanwhile,

@@ -10,6 +10,7 @@ benchmark measures, in milliseconds of CPU instead of minutes.
 from __future__ import annotations
 
 import heapq
+import random
 from dataclasses import dataclass, field
 
 from workers.learning import QuotaMode
@@ -59,9 +60,12 @@ def translation_costs(rows: int, max_tokens: int = 256) -> list[int]:
 
 
 def run(world: World, rows: int = 300, latency_s: float = 3.0, rtt_s: float = 0.005, look_ahead: int = 12,
-        costs: list[int] | None = None, start_s: float = 0.0) -> tuple[Outcome, Ledger]:
+        costs: list[int] | None = None, start_s: float = 0.0, jitter_s: float = 0.0,
+        seed: int = 0) -> tuple[Outcome, Ledger]:
     """Send ``rows`` requests (charged ``costs``) through the ledger to the world's server,
-    the first ``start_s`` after the ledger was made (a key probe, a slow first read)."""
+    the first ``start_s`` after the ledger was made (a key probe, a slow first read), each
+    reaching it up to ``jitter_s`` late (a busy machine or network; drawn from ``seed``)."""
+    rng = random.Random(seed)
     queue = list(costs or translation_costs(rows))
     rows = len(queue)
     room: list[int] = []
@@ -102,7 +106,7 @@ def run(world: World, rows: int = 300, latency_s: float = 3.0, rtt_s: float = 0.
             ticket = ledger.admit(now, cost)
             cost_of[id(ticket)] = cost
             out.sent += 1
-            arrive = now + rtt_s / 2
+            arrive = now + rtt_s / 2 + rng.uniform(0.0, jitter_s)
             answer = server.try_admit(arrive, cost)
             hints = _headers(world, server, minute, answer, arrive)
             seq += 1

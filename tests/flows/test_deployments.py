@@ -144,7 +144,7 @@ def test_two_workers_share_one_quota(deployed: dict[str, str], simulator: Callab
     print(f"two workers, one quota: {stats['admitted_tokens']:,} tokens admitted in {span:.1f} s = "
           f"{utilization:.1%} of 200,000 tokens/min; peak 10 s window {stats['peak_window_tokens']:,} of "
           f"{stats['window_token_limit']:,}")
-    assert utilization >= 0.85  # the note gives the measured figure; this guards against a collapse
+    assert utilization >= 0.8  # the README gives the measured figure; this guards against a collapse (≈ 0.1)
 
     artifacts = asyncio.run(_artifacts(env["PREFECT_API_URL"]))
     by_key = {a["key"]: a for a in artifacts}

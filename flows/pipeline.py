@@ -291,7 +291,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     await journal.close(finished=finished and part is None)
     if listeners:
         elapsed = time.monotonic() - started
-        average = sum(lane.quota.ledger.total_tokens for lane in lanes) * 60 / elapsed if elapsed > 0 else 0.0
+        average = sum(lane.quota.ledger.charged_tokens for lane in lanes) * 60 / elapsed if elapsed > 0 else 0.0
         await _tell(listeners, _snapshot(execution, spend, spec, rows_total, elapsed, average))
     execution.parts = sorted(parts.values(), key=lambda p: p.shard)
     if finished:
@@ -328,11 +328,11 @@ async def _report(execution: Execution, spend: Spend, spec: JobSpec, lanes: list
                   listeners: Sequence[Listener], rows_total: int | None, started: float) -> None:
     """Tell the listeners how far the run has got, every ``PROGRESS_EVERY_S`` seconds."""
     last = time.monotonic()
-    admitted = sum(lane.quota.ledger.total_tokens for lane in lanes)
+    admitted = sum(lane.quota.ledger.charged_tokens for lane in lanes)
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)
         now = time.monotonic()
-        total = sum(lane.quota.ledger.total_tokens for lane in lanes)
+        total = sum(lane.quota.ledger.charged_tokens for lane in lanes)
         rate = (total - admitted) * 60 / (now - last)
         admitted, last = total, now
         await _tell(listeners, _snapshot(execution, spend, spec, rows_total, now - started, rate))

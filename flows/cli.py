@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import click
 
 import flows  # noqa: F401  (sets Prefect's offline defaults before Prefect loads)
-from flows.logs import configure, scrub
+from flows.logs import adopt_console, configure, quiet_on_console, scrub
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -39,6 +39,7 @@ def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
     from schemas import JobFileError
     from workers import JobAbortedError
 
+    adopt_console()  # Prefect, loaded by now, has put its own console handler in place
     try:
         return asyncio.run(runner())
     except (JobFileError, JobError, OutputBusyError) as exc:
@@ -93,10 +94,12 @@ def _print_summary(result: dict[str, Any]) -> None:
 
 
 @click.group()
-@click.option("--json-logs", is_flag=True, help="Log JSON lines instead of human-readable ones.")
-def main(json_logs: bool) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines on stderr: concise text, or one JSON object per line.")
+@click.option("--json-logs", is_flag=True, hidden=True, help="The same as --log-format json.")
+def main(log_format: str, json_logs: bool) -> None:
     """Bulk chat completions against quota-limited Azure serverless Mistral deployments."""
-    configure(json_lines=json_logs)
+    configure(log_format="json" if json_logs else log_format)
 
 
 @main.command()
@@ -146,10 +149,12 @@ def _progress_bar(show: bool | None) -> Iterator[None]:
 
     with TerminalBar() as bar:
         listeners.append(bar.update)
+        quiet_on_console.add("progress")  # the bar shows it; the run's logs keep it
         try:
             yield
         finally:
             listeners.remove(bar.update)
+            quiet_on_console.discard("progress")
 
 
 @main.command()

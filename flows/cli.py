@@ -69,6 +69,8 @@ def _print_summary(result: dict[str, Any]) -> None:
                    f"{reconciled['parts_rebuilt']} parts rebuilt")
     click.echo(f"output:   {result['output']}")
     click.echo(f"manifest: {result['manifest']}")
+    if result.get("report"):
+        click.echo(f"report:   {result['report']}")
     of = f" of {result['input_rows']}" if result.get("input_rows") is not None and result.get("stopped") else ""
     click.echo(f"rows:     {rows['total']}{of} ({rows['ok']} ok, {rows['filtered']} filtered, {rows['error']} error)"
                + (f"; {result['journaled_rows']} of them in the journal, not yet in a part"
@@ -194,6 +196,31 @@ def estimate(job_file: str, input_: str | None, endpoint_url: str | None, sample
         click.echo(json.dumps(report, indent=2))
     else:
         render_table(report)
+
+
+@main.command()
+@click.argument("output")
+def report(output: str) -> None:
+    """Write OUTPUT's report.html: throughput against the quota, 429s, outcomes, latency, cost.
+
+    OUTPUT is a finished (or stopped) job's output folder, local or in Blob Storage.
+    """
+    from flows.manifest import read_manifest
+    from flows.report import write_report
+    from flows.storage import StorageError, redact_location, storage_for
+
+    try:
+        store = storage_for(output)
+        manifest = read_manifest(store, output)
+        if manifest is None:
+            _fail(2, f"{redact_location(output)}: no _manifest.json there (is it a promptbatch output folder?)")
+        where, text = write_report(store, output, manifest)
+    except StorageError as exc:
+        _fail(4, f"storage: {exc}")
+    except OSError as exc:
+        _fail(4, f"storage: {exc.filename or output}: {exc.strerror or exc}")
+    click.echo(text)
+    click.echo(f"report:   {where}")
 
 
 @main.command()

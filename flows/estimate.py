@@ -11,6 +11,8 @@ does not grow with the prompt set. Without ``sample`` no request is sent.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -227,9 +229,22 @@ async def estimate_job(job: str | dict[str, Any], input: str | None = None, endp
         report["empty_inputs"] = counting.empty_files
     await acreate_markdown_artifact(markdown=render_markdown(report), key=ARTIFACT_KEY,
                                    description="promptbatch estimate: tokens, cost and duration")
+    await asyncio.to_thread(_leave_beside_output, spec, report)
     log.info("estimated", rows=counting.total_rows, prompt_tokens=report["tokens"]["prompt"],
              cost_expected_usd=report["cost_usd"]["expected"], cost_ceiling_usd=report["cost_usd"]["ceiling"])
     return report
+
+
+def _leave_beside_output(spec: JobSpec, report: dict[str, Any]) -> None:
+    """Keep the estimate in the job's output folder (``_estimate.json``), for the run's report to
+    show beside the actuals; a folder that cannot take it costs the estimate nothing."""
+    from flows.report import ESTIMATE
+
+    try:
+        out = storage_for(spec.output)
+        out.write_bytes(out.join(spec.output, ESTIMATE), json.dumps(report, indent=2).encode())
+    except Exception as exc:
+        log.warning("estimate_not_kept", output=redact_location(spec.output), error=repr(exc))
 
 
 def _usd(value: float | None) -> str:

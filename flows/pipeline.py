@@ -26,9 +26,11 @@ import structlog
 from flows.inputs import Reading, ShardRead, iter_items, scan_columns, stream
 from flows.journal import Journal
 from flows.logs import register_secret
+from flows.metrics import Recorder
 from flows.parts import PartSummary, PartWriter, summarize
 from flows.resume import Earlier
 from flows.storage import storage_for
+from flows.watch import Save, Watch
 from schemas import OUTPUT_SCHEMA, BadRowError, EndpointSpec, InputSchema, JobSpec, ModelInfo, Price, PromptRow
 from workers import EndpointClient, Engine, Lane, Outcome, Quota, RetryPolicy, Spend, Tally, TokenCounter
 from workers.pool import DEFAULT_LOOKAHEAD
@@ -189,7 +191,8 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
                   handle_signals: bool = True, part: tuple[int, int] | None = None,
                   credits: Sequence[Credit] | None = None, listeners: Sequence[Listener] = (),
                   rows_total: int | None = None, columns: InputSchema | None = None,
-                  learners: Sequence[Callable[[float, float], Awaitable[None]]] | None = None) -> Execution:
+                  learners: Sequence[Callable[[float, float], Awaitable[None]]] | None = None,
+                  metrics: Recorder | None = None, save_metrics: Save | None = None) -> Execution:
     """Send every row of ``files`` not yet done through the job's deployments; publish parts.
 
     Returns when every row is done, or when the run was stopped (a signal, the budget):
@@ -201,7 +204,8 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     ``rows_total`` is the input's length when known beforehand; ``learners``, one per
     endpoint beside ``credits``, hear what this process learns of the real quotas.
     ``columns``: the output's passthrough columns, decided from the whole input
-    (``flows.inputs.scan_columns``).
+    (``flows.inputs.scan_columns``). ``metrics``: the run's recorder (``flows.watch``),
+    saved now and then and at the end through ``save_metrics``.
     """
     progress = progress or Earlier(spec.shard_rows)
     keys = [await api_key(e) for e in spec.all_endpoints]
@@ -234,8 +238,12 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     execution = Execution([], engine.tally, engine, Reading(), resumed_rows=resumed, part=part,
                           shard_rows=progress.shard_rows)
 
+    watch = Watch(metrics, lanes, spend, save_metrics) if metrics is not None else None
+
     async def sink(outcome: Outcome) -> None:
         record = outcome.record(spec.price(outcome.model) if outcome.model else None)
+        if watch is not None:
+            watch.row(outcome, record)
         journal.add(outcome.seq, {name: record[name] for name in OUTPUT_SCHEMA.names})
         writer.add(outcome.seq, record)
         if outcome.error is not None and outcome.error.startswith("bad input: "):
@@ -268,6 +276,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     started = time.monotonic()
     reporter = (asyncio.create_task(_report(execution, spend, spec, lanes, listeners, rows_total, started))
                 if listeners else None)
+    watching = asyncio.create_task(watch.run()) if watch is not None else None
     try:
         await engine.run(remaining(stream(batches)), sink)
         finished = engine.stopped is None
@@ -280,6 +289,9 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     finally:
         if reporter is not None:
             reporter.cancel()
+        if watching is not None and watch is not None:
+            watching.cancel()
+            await watch.close()
         if restore is not None:
             restore()
         for lane in lanes:

@@ -195,10 +195,10 @@ def adopt_console() -> None:
         if type(handler).__name__ == "PrefectConsoleHandler":
             root.removeHandler(handler)
     if not ours:
-        handler = ConsoleHandler()
-        handler.setFormatter(ConsoleFormatter(fmt, color=fmt == "text" and sys.stderr.isatty()))
-        handler.addFilter(ScrubFilter())
-        root.addHandler(handler)
+        ours = [ConsoleHandler()]
+        ours[0].addFilter(ScrubFilter())
+        root.addHandler(ours[0])
+    ours[0].setFormatter(ConsoleFormatter(fmt, color=fmt == "text" and sys.stderr.isatty()))
 
 
 def guard_stdlib_logs() -> None:

@@ -170,8 +170,10 @@ def _progress_bar(show: bool | None) -> Iterator[None]:
 @click.option("--seed", default=0, show_default=True, help="Seed of the sample's random draw.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead of a table.")
 @click.option("--date", "day", metavar="YYYY-MM-DD", help="The day `{date}` in `input` names (default: today).")
+@click.option("--keep", is_flag=True,
+              help="Leave the estimate in the job's output folder (_estimate.json): the run's report shows it.")
 def estimate(job_file: str, input_: str | None, endpoint_url: str | None, sample: int,
-             completion_ratio: float | None, seed: int, as_json: bool, day: str | None) -> None:
+             completion_ratio: float | None, seed: int, as_json: bool, day: str | None, keep: bool) -> None:
     """Estimate JOB_FILE: exact prompt tokens, cost low/expected/high and duration, nothing sent.
 
     Only --sample N sends requests: N rows, billed like any other, said before they go.
@@ -191,7 +193,8 @@ def estimate(job_file: str, input_: str | None, endpoint_url: str | None, sample
         click.echo(f"promptbatch: --sample {sample} sends {sample} real requests to {where}; they are billed "
                    "(the most they can cost is logged before they go)", err=True)
     report = _run_job(lambda: estimate_job(job_file, input=input_, endpoint_url=endpoint_url, sample=sample,
-                                           completion_ratio=completion_ratio, seed=seed, date=day))
+                                           completion_ratio=completion_ratio, seed=seed, date=day,
+                                           keep=keep))
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

@@ -175,13 +175,15 @@ def sample_ceiling_usd(spec: JobSpec, rows: list[PromptRow]) -> float:
 @flow(name="promptbatch-estimate")
 async def estimate_job(job: str | dict[str, Any], input: str | None = None, endpoint_url: str | None = None,
                        sample: int = 0, completion_ratio: float | None = None, seed: int = 0,
-                       date: str | None = None) -> dict[str, Any]:
+                       date: str | None = None, keep: bool = False) -> dict[str, Any]:
     """Estimate a job: exact prompt tokens, completion tokens and cost low/expected/high, duration.
 
     No request is sent unless ``sample`` > 0: then that many rows, drawn at random, are
     sent for real (and billed) to calibrate the completion figures. ``completion_ratio``
     (completion tokens per prompt token) gives the expected figure instead. ``date``: the
-    day a dated ``input`` names (default: as for a run, ``flows.schedule``).
+    day a dated ``input`` names (default: as for a run, ``flows.schedule``). ``keep``: leave the
+    estimate in the job's output folder (``_estimate.json``), for the run's report to show
+    beside the actuals; otherwise a dry run writes nothing there.
     """
     guard_stdlib_logs()
     if sample < 0:
@@ -229,7 +231,8 @@ async def estimate_job(job: str | dict[str, Any], input: str | None = None, endp
         report["empty_inputs"] = counting.empty_files
     await acreate_markdown_artifact(markdown=render_markdown(report), key=ARTIFACT_KEY,
                                    description="promptbatch estimate: tokens, cost and duration")
-    await asyncio.to_thread(_leave_beside_output, spec, report)
+    if keep:
+        await asyncio.to_thread(_leave_beside_output, spec, report)
     log.info("estimated", rows=counting.total_rows, prompt_tokens=report["tokens"]["prompt"],
              cost_expected_usd=report["cost_usd"]["expected"], cost_ceiling_usd=report["cost_usd"]["ceiling"])
     return report

@@ -58,7 +58,7 @@ def test_a_runs_story_is_in_its_logs_and_its_report(tmp_path: Path, monkeypatch:
                "prompt": {"template": "Say: {text}"},
                "endpoint": {"url": endpoint.url, "model": "mistral-large-2407", "api_key_env": "TEST_WATCH_KEY",
                             "tokens_per_minute": 2_000_000, "requests_per_minute": 60_000}}
-        state = asyncio.run(run_batch(job, return_state=True))
+        state: Any = asyncio.run(run_batch(job, return_state=True))  # type: ignore[arg-type]
         assert state.is_completed()
         messages = asyncio.run(run_logs(state.state_details.flow_run_id, {"job_started", "progress",
                                                                           "job_finished"}))
@@ -93,6 +93,7 @@ def test_a_runs_story_is_in_its_logs_and_its_report(tmp_path: Path, monkeypatch:
         # Resumed with rows appended: the metrics carry on from the first run's.
         with prompts.open("a") as f:
             f.write("".join(json.dumps({"id": f"r{i}", "text": f"line {i}"}) + "\n" for i in range(60, 75)))
-        assert asyncio.run(run_batch(job, return_state=True)).is_completed()
+        again: Any = asyncio.run(run_batch(job, return_state=True))  # type: ignore[arg-type]
+        assert again.is_completed()
     metrics = pq.read_table(out / "_metrics" / "run.parquet").to_pylist()
     assert sum(m["rows_ok"] for m in metrics) == json.loads((out / "_manifest.json").read_text())["rows"]["ok"] == 75

@@ -56,7 +56,8 @@ class TestEvents:
         assert record.levelno == logging.WARNING
 
     def test_render_puts_the_traceback_last(self) -> None:
-        assert render({"event": "failed", "level": "error", "exception": "Traceback…", "n": 1}) == "failed n=1\nTraceback…"
+        event = {"event": "failed", "level": "error", "exception": "Traceback…", "n": 1}
+        assert render(event) == "failed n=1\nTraceback…"
 
 
 class TestConsole:

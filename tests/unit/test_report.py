@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from flows.cli import main
 from flows.logs import register_secret
 from flows.metrics import Recorder, write_metrics
 from flows.report import REPORT, plotted, render_html, text_summary, write_report
@@ -85,3 +88,13 @@ class TestReport:
     def test_an_empty_run_still_renders(self) -> None:
         data = plotted(Recorder())
         assert "promptbatch run" in render_html(data, manifest_for(data))
+
+    def test_the_command(self, tmp_path: Path) -> None:
+        refused = CliRunner().invoke(main, ["report", str(tmp_path)])
+        assert refused.exit_code == 2 and "no _manifest.json" in refused.output
+        store = storage_for(str(tmp_path))
+        write_metrics(store, str(tmp_path), busy_recorder())
+        (tmp_path / "_manifest.json").write_text(json.dumps(manifest_for(plotted(busy_recorder()))))
+        done = CliRunner().invoke(main, ["report", str(tmp_path)])
+        assert done.exit_code == 0 and f"report:   {tmp_path / REPORT}" in done.output
+        assert "6 429s" in done.output and (tmp_path / REPORT).stat().st_size > 5_000

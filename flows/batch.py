@@ -429,7 +429,7 @@ async def _run(spec: JobSpec, files: list[str], prepared: Prepared, day: str, wo
 
 
 def _report(out: Storage, output: str, manifest: dict[str, Any]) -> tuple[str, str] | None:
-    """Write the run's ``report.html``; its location and compact text (``None`` if it could not be written)."""
+    """Write the run's ``_report.html``; its location and compact text (``None`` if it could not be written)."""
     try:
         where, text = write_report(out, output, manifest)
     except Exception as exc:  # the report must never fail a run whose rows are all in

@@ -204,7 +204,7 @@ def estimate(job_file: str, input_: str | None, endpoint_url: str | None, sample
 @main.command()
 @click.argument("output")
 def report(output: str) -> None:
-    """Write OUTPUT's report.html: throughput against the quota, 429s, outcomes, latency, cost.
+    """Write OUTPUT's _report.html: throughput against the quota, 429s, outcomes, latency, cost.
 
     OUTPUT is a finished (or stopped) job's output folder, local or in Blob Storage.
     """

@@ -1,4 +1,4 @@
-"""The run's report: ``report.html`` in the output folder, one self-contained page.
+"""The run's report: ``_report.html`` in the output folder, one self-contained page.
 
 Written at the end of every run and by ``promptbatch report OUTPUT``, from the
 metrics (``flows.metrics``), the manifest and, when ``promptbatch estimate`` left one
@@ -28,7 +28,7 @@ from flows.logs import scrub
 from flows.metrics import LATENCY_BINS, LATENCY_EDGES_MS, Bucket, Recorder, percentile, read_all
 from flows.storage import Storage, redact_location
 
-REPORT = "report.html"
+REPORT = "_report.html"
 ESTIMATE = "_estimate.json"
 STATUSES = ("ok", "filtered", "error")
 
@@ -307,7 +307,7 @@ def read_estimate(storage: Storage, folder: str, job_hash: str | None) -> dict[s
 
 
 def write_report(storage: Storage, folder: str, manifest: dict[str, Any]) -> tuple[str, str]:
-    """Write ``report.html`` for the folder's metrics; its location and the compact text."""
+    """Write ``_report.html`` for the folder's metrics; its location and the compact text."""
     data = plotted(read_all(storage, folder))
     estimate = read_estimate(storage, folder, manifest.get("job_hash"))
     where = storage.join(folder, REPORT)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
@@ -76,7 +77,7 @@ def test_a_runs_story_is_in_its_logs_and_its_report(tmp_path: Path, monkeypatch:
 
         # The report plots what the metrics hold, and its totals are the manifest's.
         page = Page()
-        page.feed((out / "report.html").read_text())
+        page.feed((out / "_report.html").read_text())
         metrics = pq.read_table(out / "_metrics" / "run.parquet").to_pylist()
         (url, plotted), = page.data["deployments"].items()
         assert url == endpoint.url
@@ -88,7 +89,7 @@ def test_a_runs_story_is_in_its_logs_and_its_report(tmp_path: Path, monkeypatch:
         assert (totals["prompt_tokens"], totals["completion_tokens"]) == (manifest["tokens"]["prompt"],
                                                                           manifest["tokens"]["completion"])
         assert totals["cost_usd"] == pytest.approx(manifest["cost_usd"]["total"])
-        assert KEY not in (out / "report.html").read_text()
+        assert KEY not in (out / "_report.html").read_text()
 
         # Resumed with rows appended: the metrics carry on from the first run's.
         with prompts.open("a") as f:
@@ -97,3 +98,4 @@ def test_a_runs_story_is_in_its_logs_and_its_report(tmp_path: Path, monkeypatch:
         assert again.is_completed()
     metrics = pq.read_table(out / "_metrics" / "run.parquet").to_pylist()
     assert sum(m["rows_ok"] for m in metrics) == json.loads((out / "_manifest.json").read_text())["rows"]["ok"] == 75
+    assert ds.dataset(str(out)).to_table().num_rows == 75  # metrics and report stay out of the rows' dataset

@@ -13,8 +13,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
+from click.testing import CliRunner
 
 from flows.batch import run_batch
+from flows.cli import main
 from tests.endpoint import Endpoint, answer
 from tests.report_page import Page
 
@@ -75,7 +77,11 @@ def test_a_runs_story_is_in_its_logs_and_its_report(tmp_path: Path, monkeypatch:
         assert '"total":60' in finished and f"cost_usd={manifest['cost_usd']['total']:.6g}" in finished
         assert any(m.startswith("rate_limited ") for m in messages)  # the warning that matters
 
-        # The report plots what the metrics hold, and its totals are the manifest's.
+        # The report (written at the run's end, and again by `promptbatch report`) plots what the metrics
+        # hold, and its totals are the manifest's.
+        (out / "_report.html").unlink()
+        written = CliRunner().invoke(main, ["report", str(out)])
+        assert written.exit_code == 0 and "429s" in written.output, written.output
         page = Page()
         page.feed((out / "_report.html").read_text())
         metrics = pq.read_table(out / "_metrics" / "run.parquet").to_pylist()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -29,7 +30,7 @@ from flows.logs import register_secret
 from flows.metrics import Recorder
 from flows.parts import PartSummary, PartWriter, summarize
 from flows.resume import Earlier
-from flows.storage import storage_for
+from flows.storage import StorageError, storage_for
 from flows.watch import Save, Watch
 from schemas import OUTPUT_SCHEMA, BadRowError, EndpointSpec, InputSchema, JobSpec, ModelInfo, Price, PromptRow
 from workers import EndpointClient, Engine, Lane, Outcome, Quota, RetryPolicy, Spend, Tally, TokenCounter
@@ -291,7 +292,8 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
             reporter.cancel()
         if watching is not None and watch is not None:
             watching.cancel()
-            await watch.close()
+            # Storage that just failed would only make the stop wait out its retries once more.
+            await watch.close(save=not isinstance(sys.exc_info()[1], StorageError | OSError))
         if restore is not None:
             restore()
         for lane in lanes:

@@ -117,10 +117,11 @@ class Watch:
                 saved = time.monotonic()
                 await self._save()
 
-    async def close(self) -> None:
-        """A last sample, and the metrics saved."""
+    async def close(self, save: bool = True) -> None:
+        """A last sample, and the metrics saved (unless ``save`` is false)."""
         self.tick()
-        await self._save()
+        if save:
+            await self._save()
 
     async def _save(self) -> None:
         if self.save is None:

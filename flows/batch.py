@@ -24,6 +24,8 @@ of what it did in ``_shards/`` of the output folder; the flow then sums the part
 
 Every run leaves a progress artifact (``promptbatch-progress``, updated as rows
 finish) and, at the end, a markdown summary (``promptbatch-summary``) on its flow run.
+It records its metrics as it goes (``flows.watch``, ``_metrics/`` in the output folder)
+and ends by writing ``_report.html`` there (``flows.report``), which the summary links.
 """
 
 from __future__ import annotations

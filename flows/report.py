@@ -70,13 +70,13 @@ def plotted(recorder: Recorder) -> dict[str, Any]:
     for d in deployments.values():
         # The first and last buckets are partly idle (the run starts and ends inside them): left out
         # of the utilization when there are full buckets between them.
-        full = range(1, len(d["t"]) - 1) if len(d["t"]) > 2 else range(len(d["t"]))
+        full = range(1, len(d["t"]) - 1)  # a run of two buckets or less is too short to tell
         for kind, quota_key in (("tokens", "quota_tpm"), ("requests", "quota_rpm")):
             quota = next((q for q in reversed(d[quota_key]) if q), None)
             used = sum(d[f"{kind}_per_min"][i] for i in full) / len(full) if full else 0.0
-            d[f"{kind}_utilization"] = used / quota if quota else None
+            d[f"{kind}_utilization"] = used / quota if quota and full else None
             found = next((q for q in reversed(d[quota_key.replace("quota", "learned")]) if q), None)
-            d[f"{kind}_of_learned"] = used / found if found and found != quota else None
+            d[f"{kind}_of_learned"] = used / found if found and found != quota and full else None
     cumulative, running = [], 0.0
     for c in cost_at:
         running += c
@@ -116,7 +116,7 @@ def text_summary(data: dict[str, Any], manifest: dict[str, Any] | None = None) -
         use = (f"charged {_share(d['tokens_utilization'])}{_learned(d['tokens_of_learned'])} of its stated "
                f"tokens/min and {_share(d['requests_utilization'])}{_learned(d['requests_of_learned'])} of its "
                "requests/min")
-        lines.append(f"{url}: {use}; {sum(d['responses_429']):,} 429s, {sum(d['pauses']):,} pauses")
+        lines.append(f"{url}: {use}; 429s: {sum(d['responses_429']):,}, pauses: {sum(d['pauses']):,}")
     lines.append(f"rows {t['rows']['total']:,} ({t['rows']['ok']:,} ok, {t['rows']['filtered']:,} filtered, "
                  f"{t['rows']['error']:,} error); retries {t['retries']:,}")
     lines.append(f"latency p50 {_ms(t['latency_p50_ms'])}, p90 {_ms(t['latency_p90_ms'])}, "

@@ -71,7 +71,8 @@ class TestReport:
         html = render_html(data, manifest_for(data))
         assert "<script src" not in html and "http://www.w3.org/2000/svg" in html and "<link" not in html
         text = text_summary(data, {**manifest_for(data), "rows": {"total": 70}})
-        assert "18% (90% of learned)" in text and "6 429s" in text and "metrics cover 60 of the output's 70" in text
+        assert "18% (90% of learned)" in text and "429s: 6, pauses: 6" in text
+        assert "metrics cover 60 of the output's 70" in text
 
     def test_written_beside_the_output_without_secrets(self, tmp_path: Path) -> None:
         secret = "sv=2024&sig=abcdefghSECRET"
@@ -88,6 +89,10 @@ class TestReport:
     def test_an_empty_run_still_renders(self) -> None:
         data = plotted(Recorder())
         assert "promptbatch run" in render_html(data, manifest_for(data))
+        short = Recorder()
+        short.sample(T0, URL, "mistral-large-2407", requests=1, tokens=500, responses_429=0, pauses=0,
+                     quota=(200_000, 1_000), learned=(200_000, 1_000))
+        assert plotted(short)["deployments"][URL]["tokens_utilization"] is None  # one bucket: too short to tell
 
     def test_the_command(self, tmp_path: Path) -> None:
         refused = CliRunner().invoke(main, ["report", str(tmp_path)])
@@ -97,4 +102,4 @@ class TestReport:
         (tmp_path / "_manifest.json").write_text(json.dumps(manifest_for(plotted(busy_recorder()))))
         done = CliRunner().invoke(main, ["report", str(tmp_path)])
         assert done.exit_code == 0 and f"report:   {tmp_path / REPORT}" in done.output
-        assert "6 429s" in done.output and (tmp_path / REPORT).stat().st_size > 5_000
+        assert "429s: 6" in done.output and (tmp_path / REPORT).stat().st_size > 5_000

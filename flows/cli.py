@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import click
 
 import flows  # noqa: F401  (sets Prefect's offline defaults before Prefect loads)
-from flows.logs import adopt_console, configure, quiet_on_console, scrub
+from flows.logs import adopt_console, configure, explained_failures, quiet_on_console, scrub
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -40,6 +40,8 @@ def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
     from workers import JobAbortedError
 
     adopt_console()  # Prefect, loaded by now, has put its own console handler in place
+    explained_failures[:] = [JobFileError, JobError, OutputBusyError, JobAbortedError, StorageError, OSError,
+                             JobStoppedError]
     try:
         return asyncio.run(runner())
     except (JobFileError, JobError, OutputBusyError) as exc:

@@ -39,6 +39,9 @@ _ACCOUNT_KEY = re.compile(r"(AccountKey=)[^;\s'\"]+", re.I)
 FORMATS = ("text", "json")
 #: Events the console leaves out while a progress bar shows the same figures (the run's logs keep them).
 quiet_on_console: set[str] = set()
+#: Failures the CLI explains in one line of its own: the console shows no traceback for them (the run's logs
+#: in Prefect keep it).
+explained_failures: list[type[BaseException]] = []
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL, "exception": logging.ERROR}
 _console: dict[str, Any] = {"format": None}
@@ -137,7 +140,7 @@ class ConsoleFormatter(logging.Formatter):
             else:
                 body = {"timestamp": stamp, "level": record.levelname.lower(), "event": message,
                         "logger": record.name, **({"run": run} if run else {})}
-                if record.exc_text:
+                if record.exc_text and not self._explained(record):
                     body["exception"] = record.exc_text
             return json.dumps(body, ensure_ascii=False, default=str)
         level = record.levelname.lower() if record.levelno < logging.WARNING else record.levelname
@@ -148,9 +151,14 @@ class ConsoleFormatter(logging.Formatter):
         if event is None and run:
             message = f"{run}: {message}"
         line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {level} {message}"
-        if record.exc_text and event is None:
+        if record.exc_text and event is None and not self._explained(record):
             line += "\n" + record.exc_text
         return line
+
+    @staticmethod
+    def _explained(record: logging.LogRecord) -> bool:
+        failure = record.exc_info[1] if record.exc_info else None
+        return failure is not None and isinstance(failure, tuple(explained_failures))
 
 
 class ConsoleHandler(logging.Handler):

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
-from flows.logs import ConsoleFormatter, ConsoleHandler, configure, quiet_on_console, register_secret, render
+from flows.logs import (
+    ConsoleFormatter,
+    ConsoleHandler,
+    ScrubFilter,
+    configure,
+    explained_failures,
+    quiet_on_console,
+    register_secret,
+    render,
+)
 
 
 class Capture(logging.Handler):
@@ -96,3 +106,18 @@ class TestConsole:
             quiet_on_console.discard("progress")
         err = capsys.readouterr().err
         assert "job_finished" in err and "progress" not in err
+
+    def test_failures_the_cli_explains_show_no_traceback(self) -> None:
+        text = ConsoleFormatter("text")
+        for failure, shown in ((LookupError("no such job"), False), (ZeroDivisionError("bug"), True)):
+            try:
+                raise failure
+            except Exception:
+                record = logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "Encountered exception",
+                                           None, sys.exc_info())
+            ScrubFilter().filter(record)
+            explained_failures[:] = [LookupError]
+            try:
+                assert ("Traceback" in text.format(record)) is shown
+            finally:
+                explained_failures.clear()

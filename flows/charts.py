@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from html import escape
 
 PALETTE = ("#1f6fb4", "#8e44ad", "#16a085", "#d35400", "#2c3e50", "#c0392b")
-STATUS_COLORS = {"ok": "#2e9d4c", "filtered": "#e0a800", "error": "#c8322f"}
+STATUS_COLORS = {"ok": "#2e9d4c", "filtered": "#e0a800", "error": "#c8322f", "invalid": "#8e44ad"}
 _LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 28, 30
 
 

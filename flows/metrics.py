@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flows.storage import Storage
+from schemas import STATUSES
 
 BUCKET_S = 10.0
 MAX_BUCKETS = 2048
@@ -34,8 +35,7 @@ FOLDER = "_metrics"
 #: Latency bin edges: 10 ms × √2ⁱ, up to about 8 minutes; a bin below the first edge and one above the last.
 LATENCY_EDGES_MS = tuple(round(10 * 2 ** (i / 2), 1) for i in range(32))
 LATENCY_BINS = len(LATENCY_EDGES_MS) + 1
-_COUNTS = ("requests", "tokens_charged", "responses_429", "pauses", "rows_ok", "rows_filtered", "rows_error",
-           "prompt_tokens", "completion_tokens", "attempts")
+_COUNTS = ("requests", "tokens_charged", "responses_429", "pauses", "prompt_tokens", "completion_tokens", "attempts")
 _LEVELS = ("quota_tpm", "quota_rpm", "learned_tpm", "learned_rpm")
 
 
@@ -71,9 +71,6 @@ class Bucket:
     tokens_charged: int = 0
     responses_429: int = 0
     pauses: int = 0
-    rows_ok: int = 0
-    rows_filtered: int = 0
-    rows_error: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     attempts: int = 0
@@ -84,6 +81,8 @@ class Bucket:
     learned_tpm: int | None = None
     learned_rpm: int | None = None
     latency: list[int] = field(default_factory=lambda: [0] * LATENCY_BINS)
+    #: Rows finished, by status (``schemas.STATUSES``; written as ``rows_<status>`` columns).
+    by_status: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
 
     def merge(self, later: Bucket) -> None:
         """Add a bucket of the same series; ``later`` is the more recent (its levels win)."""
@@ -94,10 +93,12 @@ class Bucket:
             if getattr(later, name) is not None:
                 setattr(self, name, getattr(later, name))
         self.latency = [a + b for a, b in zip(self.latency, later.latency, strict=True)]
+        for status, count in later.by_status.items():
+            self.by_status[status] = self.by_status.get(status, 0) + count
 
     @property
     def rows(self) -> int:
-        return self.rows_ok + self.rows_filtered + self.rows_error
+        return sum(self.by_status.values())
 
 
 Key = tuple[float, str, str]
@@ -164,12 +165,8 @@ class Recorder:
             attempts: int = 0) -> None:
         """Enter one finished row."""
         bucket = self._bucket(now, deployment or "", model or "")
-        if status == "ok":
-            bucket.rows_ok += 1
-        elif status == "filtered":
-            bucket.rows_filtered += 1
-        else:
-            bucket.rows_error += 1
+        key = status if status in bucket.by_status else "error"
+        bucket.by_status[key] += 1
         bucket.prompt_tokens += prompt_tokens
         bucket.completion_tokens += completion_tokens
         bucket.cost_usd += cost_usd
@@ -183,7 +180,9 @@ class Recorder:
             self._coarsen()
         for (start, deployment, model), bucket in sorted(other.buckets.items()):
             target = self._bucket(start, deployment, model)
-            target.merge(Bucket(**{f.name: getattr(bucket, f.name) for f in fields(Bucket)}))
+            copy = Bucket(**{f.name: getattr(bucket, f.name) for f in fields(Bucket)})
+            copy.latency, copy.by_status = list(bucket.latency), dict(bucket.by_status)
+            target.merge(copy)
 
     # --- on disk -------------------------------------------------------------------------
 
@@ -200,6 +199,8 @@ class Recorder:
         rows = [self.buckets[k] for k in keys]
         for name in _COUNTS:
             columns[name] = pa.array([getattr(b, name) for b in rows], pa.int64())
+        for status in STATUSES:
+            columns[f"rows_{status}"] = pa.array([b.by_status.get(status, 0) for b in rows], pa.int64())
         columns["cost_usd"] = pa.array([b.cost_usd for b in rows], pa.float64())
         for name in _LEVELS:
             columns[name] = pa.array([getattr(b, name) for b in rows], pa.int64())
@@ -218,7 +219,8 @@ class Recorder:
         data = table.to_pydict()
         for i, start in enumerate(starts):
             bucket = Bucket(**{name: data[name][i] for name in (*_COUNTS, "cost_usd", *_LEVELS)},
-                            latency=list(data["latency_hist"][i]))
+                            latency=list(data["latency_hist"][i]),
+                            by_status={s: data.get(f"rows_{s}", [0] * len(starts))[i] or 0 for s in STATUSES})
             key = (start / 1000, data["deployment"][i] or "", data["model"][i] or "")
             recorder.buckets[key] = bucket
             recorder._starts.add(key[0])

@@ -27,10 +27,10 @@ from flows.charts import PALETTE, STATUS_COLORS, Chart, nice_ticks, short, time_
 from flows.logs import scrub
 from flows.metrics import LATENCY_BINS, LATENCY_EDGES_MS, Bucket, Recorder, percentile, read_all
 from flows.storage import Storage, redact_location
+from schemas import STATUSES
 
 REPORT = "_report.html"
 ESTIMATE = "_estimate.json"
-STATUSES = ("ok", "filtered", "error")
 
 
 def plotted(recorder: Recorder) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def plotted(recorder: Recorder) -> dict[str, Any]:
     for (start, url, model), b in sorted(recorder.buckets.items()):
         i = at[start]
         for status in STATUSES:
-            rows[status][i] += getattr(b, f"rows_{status}")
+            rows[status][i] += b.by_status.get(status, 0)
         hist_at[i] = [x + y for x, y in zip(hist_at[i], b.latency, strict=True)]
         cost_at[i] += b.cost_usd
         if model:
@@ -87,7 +87,7 @@ def plotted(recorder: Recorder) -> dict[str, Any]:
         "latency": {"edges_ms": list(LATENCY_EDGES_MS), "hist": total.latency,
                     **{f"p{q}": [percentile(h, q / 100) for h in hist_at] for q in (50, 90, 99)}},
         "cost": {"cumulative": cumulative, "by_model": {m: round(c, 6) for m, c in sorted(by_model.items())}},
-        "totals": {"rows": {"total": total.rows, **{s: getattr(total, f"rows_{s}") for s in STATUSES}},
+        "totals": {"rows": {"total": total.rows, **{s: total.by_status.get(s, 0) for s in STATUSES}},
                    "prompt_tokens": total.prompt_tokens, "completion_tokens": total.completion_tokens,
                    "cost_usd": round(total.cost_usd, 6), "requests_charged": total.requests,
                    "tokens_charged": total.tokens_charged, "responses_429": total.responses_429,
@@ -117,8 +117,8 @@ def text_summary(data: dict[str, Any], manifest: dict[str, Any] | None = None) -
                f"tokens/min and {_share(d['requests_utilization'])}{_learned(d['requests_of_learned'])} of its "
                "requests/min")
         lines.append(f"{url}: {use}; 429s: {sum(d['responses_429']):,}, pauses: {sum(d['pauses']):,}")
-    lines.append(f"rows {t['rows']['total']:,} ({t['rows']['ok']:,} ok, {t['rows']['filtered']:,} filtered, "
-                 f"{t['rows']['error']:,} error); retries {t['retries']:,}")
+    by_status = ", ".join(f"{t['rows'][s]:,} {s}" for s in STATUSES)
+    lines.append(f"rows {t['rows']['total']:,} ({by_status}); retries {t['retries']:,}")
     lines.append(f"latency p50 {_ms(t['latency_p50_ms'])}, p90 {_ms(t['latency_p90_ms'])}, "
                  f"p99 {_ms(t['latency_p99_ms'])}; cost ${t['cost_usd']:,.4f}")
     if manifest is not None and manifest["rows"]["total"] != t["rows"]["total"]:
@@ -176,8 +176,8 @@ def _rows(data: dict[str, Any], x: tuple[float, float], ticks: Any) -> str:
     top = max([sum(v) for v in zip(*per_min.values(), strict=True)] + [1])
     chart = Chart(x, (0, top * 1.1), y_label="rows finished per minute", x_ticks=ticks)
     chart.bars(data["starts"], [per_min[s] for s in STATUSES], names=[f"rows:{s}" for s in STATUSES],
-               colors=[STATUS_COLORS[s] for s in STATUSES], bar_width=data["width_s"])
-    return chart.svg([(s, STATUS_COLORS[s], "") for s in STATUSES])
+               colors=[STATUS_COLORS.get(s, "#777") for s in STATUSES], bar_width=data["width_s"])
+    return chart.svg([(s, STATUS_COLORS.get(s, "#777"), "") for s in STATUSES])
 
 
 def _latency(data: dict[str, Any], x: tuple[float, float], ticks: Any) -> str:
@@ -245,7 +245,7 @@ def _figures(data: dict[str, Any], manifest: dict[str, Any], estimate: dict[str,
         ("cost ceiling (USD)", f"{e_cost['ceiling']:,.4f}" if e_cost.get("ceiling") is not None else "—", ""),
         ("duration", f"{wall:,.0f} s at the quota" if wall is not None else "—", f"{m.get('wall_time_s', 0):,.0f} s"),
     ]
-    outcome = [(s, f"{m['rows'][s]:,}") for s in STATUSES]
+    outcome = [(s, f"{m['rows'].get(s, 0):,}") for s in STATUSES]
     deps = [(url, d["model"], _share(d["tokens_utilization"]) + _learned(d["tokens_of_learned"]),
              _share(d["requests_utilization"]) + _learned(d["requests_of_learned"]),
              f"{sum(d['responses_429']):,}", f"{sum(d['pauses']):,}") for url, d in data["deployments"].items()]

@@ -51,5 +51,5 @@ class TestWatch:
         bad = Outcome(1, "r2", "error", error="bad input: a.jsonl line 2: field `text`: missing")
         watch.row(bad, {"cost_usd": 0.0}, now=T0 + 4)
         sent, unsent = watch.recorder.buckets[(T0, URL, "mistral-large-2407")], watch.recorder.buckets[(T0, "", "")]
-        assert (sent.rows_ok, sent.tokens_charged, sent.prompt_tokens, sent.cost_usd) == (1, 400, 30, 0.0001)
-        assert unsent.rows_error == 1 and watch.bad_input_rows == 1
+        assert (sent.by_status["ok"], sent.tokens_charged, sent.prompt_tokens, sent.cost_usd) == (1, 400, 30, 0.0001)
+        assert unsent.by_status["error"] == 1 and watch.bad_input_rows == 1

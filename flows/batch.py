@@ -24,6 +24,8 @@ of what it did in ``_shards/`` of the output folder; the flow then sums the part
 
 Every run leaves a progress artifact (``promptbatch-progress``, updated as rows
 finish) and, at the end, a markdown summary (``promptbatch-summary``) on its flow run.
+It records its metrics as it goes (``flows.watch``, ``_metrics/`` in the output folder)
+and ends by writing ``_report.html`` there (``flows.report``), which the summary links.
 """
 
 from __future__ import annotations
@@ -57,10 +59,12 @@ from flows.manifest import (
     read_manifest,
     write_manifest,
 )
+from flows.metrics import Recorder, clear_metrics, read_metrics, write_metrics
 from flows.parts import PartSummary, conform_parts, drop_parts_beyond
 from flows.pipeline import BAD_INPUT_LISTED, Execution, JobError, JobStoppedError, Listener, execute, part_columns
 from flows.progress import PROGRESS_KEY, SUMMARY_KEY, ArtifactProgress, summary_markdown
 from flows.progress import listeners as progress_listeners
+from flows.report import write_report
 from flows.resume import Earlier, read_earlier
 from flows.schedule import RunDateError, publish_pointer, run_date
 from flows.storage import Storage, StorageError, redact_location, storage_for
@@ -152,6 +156,8 @@ def prepare_output(spec: JobSpec, files: list[str], retry_errors: bool, overwrit
     current = fingerprints(spec, files)
     changes = input_changes(previous, current)
     shard_rows = previous.get("shard_rows", spec.shard_rows) if previous else spec.shard_rows
+    if previous is None:
+        clear_metrics(out, spec.output)  # another job's, or a deleted output's: not this run's story
     if previous is not None and not changes and previous.get("status") == "complete" and not (
             retry_errors and (previous["rows"].get("error", 0) or previous["rows"].get("invalid", 0))):
         return Prepared(Earlier(shard_rows), current, current, complete=previous)
@@ -185,8 +191,20 @@ async def process_rows(spec: JobSpec, files: list[str], prepared: Prepared, day:
 
     rows_total = await asyncio.to_thread(count_rows, storage_for(spec.input), files)
     watchers: list[Listener] = [ArtifactProgress(rows_before=earlier.rows), *progress_listeners]
+    metrics, save = await _metrics_of(spec, "run")
     return await execute(spec, files, progress=earlier, checkpoint=checkpoint, listeners=watchers,
-                         rows_total=rows_total, columns=prepared.columns)
+                         rows_total=rows_total, columns=prepared.columns, metrics=metrics, save_metrics=save)
+
+
+async def _metrics_of(spec: JobSpec, name: str) -> tuple[Recorder, Any]:
+    """The run's metrics as an earlier run left them (a resume carries on), and how to save them."""
+    out = storage_for(spec.output)
+    recorder = await asyncio.to_thread(read_metrics, out, spec.output, name) or Recorder()
+
+    async def save(current: Recorder) -> None:
+        await asyncio.to_thread(write_metrics, out, spec.output, current, name)
+
+    return recorder, save
 
 
 @flow(name="promptbatch-shard")
@@ -223,9 +241,11 @@ async def process_slice(spec: JobSpec, files: list[str], progress: Earlier, inde
 
     worker = os.environ.get("PREFECT__WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}"
     log.info("slice_started", index=index, count=count, worker=worker)
+    metrics, save = await _metrics_of(spec, f"slice-{index}-of-{count}")
     async with get_client() as client:
         leasers = [Leaser(client, shared_limits(e)) for e in spec.all_endpoints]
         execution = await execute(spec, files, progress=progress, part=(index, count),
+                                  metrics=metrics, save_metrics=save,
                                   credits=[leaser.credit() for leaser in leasers],
                                   learners=[leaser.learned for leaser in leasers],
                                   listeners=[ArtifactProgress(key=f"{PROGRESS_KEY}-{index}-of-{count}")],
@@ -397,15 +417,29 @@ async def _run(spec: JobSpec, files: list[str], prepared: Prepared, day: str, wo
         manifest["reconciled"] = {"changes": prepared.changes, "answers_reused": reused,
                                   "answers_dropped": dropped, "parts_rebuilt": len(progress.rebuilt)}
     location = publish_manifest(spec, manifest)
-    await acreate_markdown_artifact(markdown=summary_markdown(manifest), key=SUMMARY_KEY,
-                                    description="promptbatch run: outcomes and cost")
+    report = await asyncio.to_thread(_report, out, spec.output, manifest)
+    await acreate_markdown_artifact(markdown=summary_markdown(manifest, report), key=SUMMARY_KEY,
+                                    description="promptbatch run: outcomes, cost and its report")
     summary = {"output": redact_location(spec.output), "manifest": redact_location(location),
                **{k: v for k, v in manifest.items() if k != "parts"}}
+    if report is not None:
+        summary["report"] = report[0]
     if stopped:
         raise JobStoppedError(stopped, summary)
     log.info("job_finished", manifest=redact_location(location), rows=manifest["rows"],
              cost_usd=manifest["cost_usd"]["total"])
     return summary
+
+
+def _report(out: Storage, output: str, manifest: dict[str, Any]) -> tuple[str, str] | None:
+    """Write the run's ``_report.html``; its location and compact text (``None`` if it could not be written)."""
+    try:
+        where, text = write_report(out, output, manifest)
+    except Exception as exc:  # the report must never fail a run whose rows are all in
+        log.warning("report_not_written", error=repr(exc))
+        return None
+    log.info("report_written", report=where)
+    return where, text
 
 
 def _clear_scratch(out: Storage, output: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import click
 
 import flows  # noqa: F401  (sets Prefect's offline defaults before Prefect loads)
-from flows.logs import configure, scrub
+from flows.logs import adopt_console, configure, explained_failures, quiet_on_console, scrub
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -39,6 +39,9 @@ def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
     from schemas import JobFileError
     from workers import JobAbortedError
 
+    adopt_console()  # Prefect, loaded by now, has put its own console handler in place
+    explained_failures[:] = [JobFileError, JobError, OutputBusyError, JobAbortedError, StorageError, OSError,
+                             JobStoppedError]
     try:
         return asyncio.run(runner())
     except (JobFileError, JobError, OutputBusyError) as exc:
@@ -68,6 +71,8 @@ def _print_summary(result: dict[str, Any]) -> None:
                    f"{reconciled['parts_rebuilt']} parts rebuilt")
     click.echo(f"output:   {result['output']}")
     click.echo(f"manifest: {result['manifest']}")
+    if result.get("report"):
+        click.echo(f"report:   {result['report']}")
     of = f" of {result['input_rows']}" if result.get("input_rows") is not None and result.get("stopped") else ""
     invalid = f", {rows['invalid']} invalid" if "invalid" in rows else ""
     click.echo(f"rows:     {rows['total']}{of} ({rows['ok']} ok, {rows['filtered']} filtered, {rows['error']} error"
@@ -95,10 +100,12 @@ def _print_summary(result: dict[str, Any]) -> None:
 
 
 @click.group()
-@click.option("--json-logs", is_flag=True, help="Log JSON lines instead of human-readable ones.")
-def main(json_logs: bool) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines on stderr: concise text, or one JSON object per line.")
+@click.option("--json-logs", is_flag=True, hidden=True, help="The same as --log-format json.")
+def main(log_format: str, json_logs: bool) -> None:
     """Bulk chat completions against quota-limited Azure serverless Mistral deployments."""
-    configure(json_lines=json_logs)
+    configure(log_format="json" if json_logs else log_format)
 
 
 @main.command()
@@ -148,10 +155,12 @@ def _progress_bar(show: bool | None) -> Iterator[None]:
 
     with TerminalBar() as bar:
         listeners.append(bar.update)
+        quiet_on_console.add("progress")  # the bar shows it; the run's logs keep it
         try:
             yield
         finally:
             listeners.remove(bar.update)
+            quiet_on_console.discard("progress")
 
 
 @main.command()
@@ -165,8 +174,10 @@ def _progress_bar(show: bool | None) -> Iterator[None]:
 @click.option("--seed", default=0, show_default=True, help="Seed of the sample's random draw.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead of a table.")
 @click.option("--date", "day", metavar="YYYY-MM-DD", help="The day `{date}` in `input` names (default: today).")
+@click.option("--keep", is_flag=True,
+              help="Leave the estimate in the job's output folder (_estimate.json): the run's report shows it.")
 def estimate(job_file: str, input_: str | None, endpoint_url: str | None, sample: int,
-             completion_ratio: float | None, seed: int, as_json: bool, day: str | None) -> None:
+             completion_ratio: float | None, seed: int, as_json: bool, day: str | None, keep: bool) -> None:
     """Estimate JOB_FILE: exact prompt tokens, cost low/expected/high and duration, nothing sent.
 
     Only --sample N sends requests: N rows, billed like any other, said before they go.
@@ -186,11 +197,37 @@ def estimate(job_file: str, input_: str | None, endpoint_url: str | None, sample
         click.echo(f"promptbatch: --sample {sample} sends {sample} real requests to {where}; they are billed "
                    "(the most they can cost is logged before they go)", err=True)
     report = _run_job(lambda: estimate_job(job_file, input=input_, endpoint_url=endpoint_url, sample=sample,
-                                           completion_ratio=completion_ratio, seed=seed, date=day))
+                                           completion_ratio=completion_ratio, seed=seed, date=day,
+                                           keep=keep))
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         render_table(report)
+
+
+@main.command()
+@click.argument("output")
+def report(output: str) -> None:
+    """Write OUTPUT's _report.html: throughput against the quota, 429s, outcomes, latency, cost.
+
+    OUTPUT is a finished (or stopped) job's output folder, local or in Blob Storage.
+    """
+    from flows.manifest import read_manifest
+    from flows.report import write_report
+    from flows.storage import StorageError, redact_location, storage_for
+
+    try:
+        store = storage_for(output)
+        manifest = read_manifest(store, output)
+        if manifest is None:
+            _fail(2, f"{redact_location(output)}: no _manifest.json there (is it a promptbatch output folder?)")
+        where, text = write_report(store, output, manifest)
+    except StorageError as exc:
+        _fail(4, f"storage: {exc}")
+    except OSError as exc:
+        _fail(4, f"storage: {exc.filename or output}: {exc.strerror or exc}")
+    click.echo(text)
+    click.echo(f"report:   {where}")
 
 
 @main.command()

@@ -11,6 +11,8 @@ does not grow with the prompt set. Without ``sample`` no request is sent.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -186,13 +188,15 @@ def sample_ceiling_usd(spec: JobSpec, rows: list[PromptRow]) -> float:
 @flow(name="promptbatch-estimate")
 async def estimate_job(job: str | dict[str, Any], input: str | None = None, endpoint_url: str | None = None,
                        sample: int = 0, completion_ratio: float | None = None, seed: int = 0,
-                       date: str | None = None) -> dict[str, Any]:
+                       date: str | None = None, keep: bool = False) -> dict[str, Any]:
     """Estimate a job: exact prompt tokens, completion tokens and cost low/expected/high, duration.
 
     No request is sent unless ``sample`` > 0: then that many rows, drawn at random, are
     sent for real (and billed) to calibrate the completion figures. ``completion_ratio``
     (completion tokens per prompt token) gives the expected figure instead. ``date``: the
-    day a dated ``input`` names (default: as for a run, ``flows.schedule``).
+    day a dated ``input`` names (default: as for a run, ``flows.schedule``). ``keep``: leave the
+    estimate in the job's output folder (``_estimate.json``), for the run's report to show
+    beside the actuals; otherwise a dry run writes nothing there.
     """
     guard_stdlib_logs()
     if sample < 0:
@@ -242,6 +246,8 @@ async def estimate_job(job: str | dict[str, Any], input: str | None = None, endp
         report["empty_inputs"] = counting.empty_files
     await acreate_markdown_artifact(markdown=render_markdown(report), key=ARTIFACT_KEY,
                                    description="promptbatch estimate: tokens, cost and duration")
+    if keep:
+        await asyncio.to_thread(_leave_beside_output, spec, report)
     log.info("estimated", rows=counting.total_rows, prompt_tokens=report["tokens"]["prompt"],
              cost_expected_usd=report["cost_usd"]["expected"], cost_ceiling_usd=report["cost_usd"]["ceiling"])
     return report
@@ -256,6 +262,18 @@ def duplicate_saving(report: dict[str, Any], duplicates: int) -> dict[str, Any]:
             "prompt_tokens_saved": round(report["tokens"]["prompt"] * share),
             "saving_usd": {name: (None if cost[name] is None else round(cost[name] * share, 6))
                            for name in ("expected", "ceiling")}}
+
+
+def _leave_beside_output(spec: JobSpec, report: dict[str, Any]) -> None:
+    """Keep the estimate in the job's output folder (``_estimate.json``), for the run's report to
+    show beside the actuals; a folder that cannot take it costs the estimate nothing."""
+    from flows.report import ESTIMATE
+
+    try:
+        out = storage_for(spec.output)
+        out.write_bytes(out.join(spec.output, ESTIMATE), json.dumps(report, indent=2).encode())
+    except Exception as exc:
+        log.warning("estimate_not_kept", output=redact_location(spec.output), error=repr(exc))
 
 
 def _usd(value: float | None) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -29,9 +30,11 @@ import structlog
 from flows.inputs import Reading, ShardRead, iter_items, scan_columns, stream
 from flows.journal import Journal
 from flows.logs import register_secret
+from flows.metrics import Recorder
 from flows.parts import PartSummary, PartWriter, summarize
 from flows.resume import Earlier, KeptAnswers
-from flows.storage import storage_for
+from flows.storage import StorageError, storage_for
+from flows.watch import Save, Watch
 from schemas import (
     OUTPUT_SCHEMA,
     BadRowError,
@@ -217,7 +220,8 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
                   handle_signals: bool = True, part: tuple[int, int] | None = None,
                   credits: Sequence[Credit] | None = None, listeners: Sequence[Listener] = (),
                   rows_total: int | None = None, columns: InputSchema | None = None,
-                  learners: Sequence[Callable[[float, float], Awaitable[None]]] | None = None) -> Execution:
+                  learners: Sequence[Callable[[float, float], Awaitable[None]]] | None = None,
+                  metrics: Recorder | None = None, save_metrics: Save | None = None) -> Execution:
     """Send every row of ``files`` not yet done through the job's deployments; publish parts.
 
     Returns when every row is done, or when the run was stopped (a signal, the budget):
@@ -229,7 +233,8 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     ``rows_total`` is the input's length when known beforehand; ``learners``, one per
     endpoint beside ``credits``, hear what this process learns of the real quotas.
     ``columns``: the output's passthrough columns, decided from the whole input
-    (``flows.inputs.scan_columns``).
+    (``flows.inputs.scan_columns``). ``metrics``: the run's recorder (``flows.watch``),
+    saved now and then and at the end through ``save_metrics``.
     """
     progress = progress or Earlier(spec.shard_rows)
     keys = [await api_key(e) for e in spec.all_endpoints]
@@ -268,13 +273,22 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     dupes: Duplicates[PromptRow] = Duplicates()
     if spec.dedupes and progress.kept:
         dupes.lookup = KeptAnswers(out, spec.output, sorted(progress.kept))
+    watch = Watch(metrics, lanes, spend, save_metrics) if metrics is not None else None
 
     def place(seq: int, record: dict[str, Any], passthrough: Any) -> None:
         journal.add(seq, {name: record[name] for name in OUTPUT_SCHEMA.names})
         writer.add(seq, {**record, **passthrough})
 
+    def place_copy(seq: int, record: dict[str, Any], passthrough: Any) -> None:
+        execution.duplicate_rows += 1
+        if watch is not None:
+            watch.copy(record)
+        place(seq, record, passthrough)
+
     async def sink(outcome: Outcome) -> None:
         record = outcome.record(spec.price(outcome.model) if outcome.model else None)
+        if watch is not None:
+            watch.row(outcome, record)
         place(outcome.seq, record, {})
         if outcome.error is not None and outcome.error.startswith("bad input: "):
             execution.bad_input_rows += 1
@@ -283,8 +297,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
         if spec.dedupes and outcome.digest is not None:
             ours = {name: record[name] for name in OUTPUT_SCHEMA.names}
             for copy in dupes.answered(outcome.digest, ours):
-                execution.duplicate_rows += 1
-                place(copy.seq, copy_record(ours, copy.id), copy.passthrough)
+                place_copy(copy.seq, copy_record(ours, copy.id), copy.passthrough)
 
     async def remaining(items: AsyncIterator[Any]) -> AsyncIterator[PromptRow | BadRowError]:
         async for item in items:
@@ -304,8 +317,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
                 if plan == "wait":
                     continue
                 if original is not None:
-                    execution.duplicate_rows += 1
-                    place(item.seq, copy_record(original, item.id), item.passthrough)
+                    place_copy(item.seq, copy_record(original, item.id), item.passthrough)
                     continue
             yield item
 
@@ -321,6 +333,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     started = time.monotonic()
     reporter = (asyncio.create_task(_report(execution, spend, spec, lanes, listeners, rows_total, started))
                 if listeners else None)
+    watching = asyncio.create_task(watch.run()) if watch is not None else None
     try:
         await engine.run(remaining(stream(batches)), sink)
         finished = engine.stopped is None
@@ -333,6 +346,10 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     finally:
         if reporter is not None:
             reporter.cancel()
+        if watching is not None and watch is not None:
+            watching.cancel()
+            # Storage that just failed would only make the stop wait out its retries once more.
+            await watch.close(save=not isinstance(sys.exc_info()[1], StorageError | OSError))
         if restore is not None:
             restore()
         for lane in lanes:
@@ -344,7 +361,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     await journal.close(finished=finished and part is None)
     if listeners:
         elapsed = time.monotonic() - started
-        average = sum(lane.quota.ledger.total_tokens for lane in lanes) * 60 / elapsed if elapsed > 0 else 0.0
+        average = sum(lane.quota.ledger.charged_tokens for lane in lanes) * 60 / elapsed if elapsed > 0 else 0.0
         await _tell(listeners, _snapshot(execution, spend, spec, rows_total, elapsed, average))
     execution.parts = sorted(parts.values(), key=lambda p: p.shard)
     if finished:
@@ -381,11 +398,11 @@ async def _report(execution: Execution, spend: Spend, spec: JobSpec, lanes: list
                   listeners: Sequence[Listener], rows_total: int | None, started: float) -> None:
     """Tell the listeners how far the run has got, every ``PROGRESS_EVERY_S`` seconds."""
     last = time.monotonic()
-    admitted = sum(lane.quota.ledger.total_tokens for lane in lanes)
+    admitted = sum(lane.quota.ledger.charged_tokens for lane in lanes)
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)
         now = time.monotonic()
-        total = sum(lane.quota.ledger.total_tokens for lane in lanes)
+        total = sum(lane.quota.ledger.charged_tokens for lane in lanes)
         rate = (total - admitted) * 60 / (now - last)
         admitted, last = total, now
         await _tell(listeners, _snapshot(execution, spend, spec, rows_total, now - started, rate))

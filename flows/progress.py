@@ -110,8 +110,9 @@ class TerminalBar:
                               description=describe(snapshot, self.rows_before))
 
 
-def summary_markdown(manifest: dict[str, Any]) -> str:
-    """The end-of-run artifact: outcome counts, tokens and the cost tally by model."""
+def summary_markdown(manifest: dict[str, Any], report: tuple[str, str] | None = None) -> str:
+    """The end-of-run artifact: outcome counts, tokens and the cost tally by model; ``report``:
+    where the run's report is and its compact text (``flows.report``)."""
     rows, tokens, cost = manifest["rows"], manifest["tokens"], manifest["cost_usd"]
     lines = [
         f"# promptbatch run — {manifest['status']}", "",
@@ -134,6 +135,11 @@ def summary_markdown(manifest: dict[str, Any]) -> str:
     if manifest.get("bad_input"):
         lines += ["", f"Bad input: {manifest['bad_input']['rows']:,} rows (status `error`), first:"]
         lines += [f"- {line}" for line in manifest["bad_input"]["first"][:5]]
+    if report is not None:
+        where, text = report
+        link = where if "://" in where else f"file://{where}"
+        lines += ["", f"**Report**: [{where}]({link}) (charts of throughput against the quota, 429s, outcomes, "
+                  "latency and cost)", "", "```", text, "```"]
     if manifest.get("workers"):
         lines += ["", "| worker | shards |", "|---|---|"]
         lines += [f"| {name} | {', '.join(map(str, shards))} |" for name, shards in manifest["workers"].items()]

@@ -282,7 +282,9 @@ class BlobStorage:
             chosen = [path]
         else:  # a folder
             folder = path.rstrip("/") + "/" if path else ""
-            chosen = [n for n in names if n.startswith(folder) and not n.rsplit("/", 1)[-1].startswith(("_", "."))]
+            # Skipped like pyarrow skips them: anything under a `_` or `.` name (an output's `_metrics/` too).
+            chosen = [n for n in names if n.startswith(folder)
+                      and not any(part.startswith(("_", ".")) for part in n[len(folder):].split("/"))]
         return [_with_path(pattern, n) for n in sorted(chosen)]
 
     def join(self, folder: str, name: str) -> str:

@@ -67,6 +67,8 @@ class Outcome:
     digest: str | None = None
     #: The endpoint sent no usage: the tokens were counted with the model's tokenizer.
     usage_estimated: bool = False
+    #: The deployment (its URL) the row was sent to; ``None`` for a row never sent.
+    endpoint: str | None = None
 
     def record(self, price: Price | None) -> dict[str, Any]:
         """The output row: our columns, then the passed-through ones."""
@@ -505,16 +507,18 @@ class Engine:
         if isinstance(item, BadRowError):
             return Outcome(item.seq, item.row_id, "error", error=f"bad input: {item}"), None
         outcome = Outcome(item.seq, item.id, "error", passthrough=dict(item.passthrough), model=lane.model,
-                          digest=item.digest)
+                          digest=item.digest, endpoint=lane.client.spec.url)
         try:
             prompt_tokens = lane.counter.prompt_tokens(item.messages)
         except TokenizeError as exc:
             outcome.error = f"bad input: {item.where}: field `messages`: {exc}"
+            outcome.endpoint = None
             return outcome, None
         context = lane.context_tokens
         if prompt_tokens + item.params.max_tokens > context:
             outcome.error = (f"bad input: {item.where}: prompt of {prompt_tokens} tokens plus max_tokens "
                              f"{item.params.max_tokens} exceeds the {context}-token context of {lane.model}")
+            outcome.endpoint = None
             return outcome, None
         return outcome, prompt_tokens
 

@@ -214,6 +214,10 @@ class Ledger:
         self.pauses = 0
         self.total_requests = 0
         self.total_tokens = 0
+        #: 429s, and the admissions they refused (``total_*`` minus these: what the quota was charged).
+        self.rate_limited_responses = 0
+        self.refused_requests = 0
+        self.refused_tokens = 0
         #: The first window's allowance still to be released beyond the steady burst (slow start).
         self.bonus_left = (self.window.request_limit - self.requests.level,
                            self.window.token_limit - self.tokens.level) if first_window else (0.0, 0.0)
@@ -221,6 +225,16 @@ class Ledger:
         self._next_bonus = now
 
     # --- what is in force ---------------------------------------------------------------
+
+    @property
+    def charged_tokens(self) -> int:
+        """Tokens the deployment's quota was charged (prompt + ``max_tokens`` of every request it took)."""
+        return self.total_tokens - self.refused_tokens
+
+    @property
+    def charged_requests(self) -> int:
+        """Requests the deployment's quota took (admitted, less those it refused with 429)."""
+        return self.total_requests - self.refused_requests
 
     @property
     def learned_per_minute(self) -> tuple[int, int]:
@@ -386,6 +400,9 @@ class Ledger:
         self.window._expire(now)
         held = self.window.tokens  # what the last window held, the refused request included
         self.window.refund(ticket.entry)
+        self.rate_limited_responses += 1
+        self.refused_requests += 1
+        self.refused_tokens += refused
         learned, probing = False, False
         if stamp < self._learned_at:
             pass  # sent before the last lesson was drawn: the same evidence again

@@ -41,7 +41,7 @@ def blob_rows(azurite: Azurite, container: str, prefix: str) -> list[dict[str, A
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
     client = service.get_container_client(container)
     tables = [pq.read_table(io.BytesIO(client.download_blob(b.name).readall()))
-              for b in client.list_blobs(name_starts_with=prefix) if b.name.endswith(".parquet")]
+              for b in client.list_blobs(name_starts_with=prefix + "part-") if b.name.endswith(".parquet")]
     return pa.concat_tables(tables).to_pylist()
 
 

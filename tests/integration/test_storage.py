@@ -31,7 +31,8 @@ class TestBlobStorage:
     def test_glob_folder_and_file(self, blob_env: Azurite) -> None:
         make_container(blob_env, "prompts")
         store = storage_for("az://prompts/x")
-        for name in ("news/a.jsonl", "news/b.jsonl", "news/c.parquet", "news/_manifest.json", "other/a.jsonl"):
+        for name in ("news/a.jsonl", "news/b.jsonl", "news/c.parquet", "news/_manifest.json", "other/a.jsonl",
+                     "news/_metrics/run.parquet"):
             store.write_bytes(f"az://prompts/{name}", b"{}\n")
         assert store.expand("az://prompts/news/*.jsonl") == ["az://prompts/news/a.jsonl", "az://prompts/news/b.jsonl"]
         assert store.expand("az://prompts/news/") == [

@@ -24,3 +24,9 @@ def test_workers_and_schemas_load_neither_prefect_nor_azure() -> None:
 def test_schemas_load_no_engine() -> None:
     loaded = loaded_after("import schemas")
     assert not {"workers", "flows", "httpx", "aiohttp"} & loaded
+
+
+def test_the_report_needs_no_prefect() -> None:
+    """``promptbatch report`` reads a folder and writes a page: no Prefect to load, no server to start."""
+    loaded = loaded_after("import flows.report, flows.metrics, flows.watch")
+    assert "prefect" not in loaded

@@ -38,3 +38,5 @@ def test_summary_table_has_outcomes_and_cost_by_model() -> None:
     text = summary_markdown(manifest)
     assert "| ok | 10 |" in text and "| error | 1 |" in text and "| mistral-large-2407 | 0.007200 |" in text
     assert "| w1 | 0, 2 |" in text and "| w2 | 1 |" in text
+    linked = summary_markdown(manifest, ("/data/out/_report.html", "http://a: 2 429s"))
+    assert "[/data/out/_report.html](file:///data/out/_report.html)" in linked and "http://a: 2 429s" in linked

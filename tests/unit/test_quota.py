@@ -118,6 +118,14 @@ class TestLedger:
         assert ledger._burst_share == 0.5 and ledger.tokens.level <= 0  # no saved-up burst after the pause
         assert ledger.tokens.capacity == pytest.approx(ledger.tokens.per_second * WINDOW / 2)
 
+    def test_the_quota_is_charged_only_for_what_it_took(self) -> None:
+        ledger = Ledger(RPM, TPM, window_s=WINDOW, first_window=False)
+        refused = ledger.admit(0.0, 300)
+        ledger.admit(0.0, 200)
+        ledger.rate_limited(0.1, refused, retry_after_s=1.0)
+        assert (ledger.total_tokens, ledger.charged_tokens, ledger.charged_requests) == (500, 200, 1)
+        assert ledger.rate_limited_responses == 1
+
     def test_the_slow_starts_429_ends_it_and_nothing_else(self) -> None:
         # Expected of any deployment but a bucket: it says nothing of late stamps or of bursts.
         ledger = Ledger(RPM, TPM, window_s=WINDOW)

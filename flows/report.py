@@ -87,7 +87,9 @@ def plotted(recorder: Recorder) -> dict[str, Any]:
         "latency": {"edges_ms": list(LATENCY_EDGES_MS), "hist": total.latency,
                     **{f"p{q}": [percentile(h, q / 100) for h in hist_at] for q in (50, 90, 99)}},
         "cost": {"cumulative": cumulative, "by_model": {m: round(c, 6) for m, c in sorted(by_model.items())}},
-        "totals": {"rows": {"total": total.rows, **{s: total.by_status.get(s, 0) for s in STATUSES}},
+        # As the manifest counts them: `invalid` (a labeling job's) only when there are some.
+        "totals": {"rows": {"total": total.rows, **{s: n for s in STATUSES
+                                                    if (n := total.by_status.get(s, 0)) or s != "invalid"}},
                    "prompt_tokens": total.prompt_tokens, "completion_tokens": total.completion_tokens,
                    "cost_usd": round(total.cost_usd, 6), "requests_charged": total.requests,
                    "tokens_charged": total.tokens_charged, "responses_429": total.responses_429,
@@ -117,7 +119,7 @@ def text_summary(data: dict[str, Any], manifest: dict[str, Any] | None = None) -
                f"tokens/min and {_share(d['requests_utilization'])}{_learned(d['requests_of_learned'])} of its "
                "requests/min")
         lines.append(f"{url}: {use}; 429s: {sum(d['responses_429']):,}, pauses: {sum(d['pauses']):,}")
-    by_status = ", ".join(f"{t['rows'][s]:,} {s}" for s in STATUSES)
+    by_status = ", ".join(f"{t['rows'][s]:,} {s}" for s in STATUSES if s in t['rows'])
     lines.append(f"rows {t['rows']['total']:,} ({by_status}); retries {t['retries']:,}")
     lines.append(f"latency p50 {_ms(t['latency_p50_ms'])}, p90 {_ms(t['latency_p90_ms'])}, "
                  f"p99 {_ms(t['latency_p99_ms'])}; cost ${t['cost_usd']:,.4f}")

@@ -40,7 +40,7 @@ class TestRecorder:
                   attempts=1)
         r.row(T0 + 4, None, None, "error")  # bad input: never sent
         b = r.buckets[(T0, A, MODEL)]
-        assert (b.by_status, b.prompt_tokens) == ({"ok": 2, "filtered": 1, "error": 1}, 40)
+        assert (b.by_status, b.prompt_tokens) == ({"ok": 2, "filtered": 1, "error": 1, "invalid": 0}, 40)
         assert b.cost_usd == pytest.approx(0.04) and sum(b.latency) == 3
         assert r.buckets[(T0, "", "")].by_status["error"] == 1
         assert 40 <= (percentile(b.latency, 0.5) or 0) <= 113

@@ -423,9 +423,10 @@ class Ledger:
             used_requests = (self.window.requests + 0.5) / self.stated_window[0]
             learned = self.estimate.on_429(now, used_tokens, used_requests)
             self._learned_at = now
-        if now >= self.paused_until and not probing:
+        if now >= self.paused_until:
             self._burst_share = max(0.25, self._burst_share / 2)
-            self.window.widen_guard()
+            if not probing:  # the slow start's 429 says nothing of late stamps
+                self.window.widen_guard()
         self._apply(now)
         pause = retry_after_s
         if pause is None:

@@ -126,14 +126,15 @@ class TestLedger:
         assert (ledger.total_tokens, ledger.charged_tokens, ledger.charged_requests) == (500, 200, 1)
         assert ledger.rate_limited_responses == 1
 
-    def test_the_slow_starts_429_ends_it_and_nothing_else(self) -> None:
-        # Expected of any deployment but a bucket: it says nothing of late stamps or of bursts.
+    def test_the_slow_starts_429_ends_it_and_keeps_the_guard(self) -> None:
+        # Expected of any deployment but a bucket: it says nothing of late stamps (bursts are still
+        # halved: with a quota the job overstates, the next ones would be refused too).
         ledger = Ledger(RPM, TPM, window_s=WINDOW)
         ticket = ledger.admit(0.0, 300)
         guard, share = ledger.window.guard_s, ledger._burst_share
         ledger.rate_limited(0.1, ticket, retry_after_s=2.0)
         assert ledger.bonus_left == (0.0, 0.0) and ledger.model == "sliding"
-        assert (ledger.window.guard_s, ledger._burst_share) == (guard, share)
+        assert (ledger.window.guard_s, ledger._burst_share) == (guard, share / 2)
         assert ledger.delay(0.1, 1) == pytest.approx(2.0)
 
     def test_a_reading_across_a_moved_request_limit_books_nothing(self) -> None:

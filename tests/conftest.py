@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if _XDIST_WORKER:
     _home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    (_home / f"xdist-{_XDIST_WORKER}").mkdir(parents=True, exist_ok=True)  # Prefect makes the last level only
     os.environ["PREFECT_HOME"] = str(_home / f"xdist-{_XDIST_WORKER}")
 AZURITE_ACCOUNT = "devstoreaccount1"
 # The emulator's published well-known development key (not a secret).
@@ -95,10 +96,14 @@ def start_azurite(port: int, workdir: str, *, on_disk: bool = False) -> subproce
 # its own. (xdist's `--dist loadgroup` marks do not group under pytest 9: they set a node id pytest no longer
 # reads.)
 SHARED_SETUP_MODULES = frozenset({"tests/flows/test_deployments.py", "tests/integration/test_contracts.py"})
-# Tests that run with no other test beside them, after all the rest, on one worker. The kill -9 test bounds
-# the answers delivered but not yet written to the last 0.2 s before the kill: with a second worker's load on
-# the two cores the job's process falls further behind than that.
-SOLO_TESTS = frozenset({"tests/flows/test_resume.py::test_kill_9_then_rerun_finishes_without_paying_twice"})
+# Tests that run with no other test beside them, after all the rest, on one worker: their bounds are tight in
+# real time, and a second worker's load on the two cores pushes them over. The kill -9 test bounds the answers
+# delivered but not yet written to the last 0.2 s before the kill; the described model's run allows 2 429s
+# (5 when its counts are taken as exact) against 2 s windows.
+SOLO_TESTS = frozenset({
+    "tests/flows/test_resume.py::test_kill_9_then_rerun_finishes_without_paying_twice",
+    "tests/flows/test_models.py::TestDescribedModel::test_runs_inside_the_quota_though_its_counts_are_low",
+})
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:

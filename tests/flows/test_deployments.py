@@ -231,4 +231,4 @@ async def _run_nights(api_url: str, endpoint_url: str) -> list[str]:
             runs = [await client.read_flow_run(i) for i in ids]
             if all(r.state is not None and r.state.is_final() for r in runs) or time.monotonic() > deadline:
                 return [r.state.type.value if r.state is not None else "NONE" for r in runs]
-            await asyncio.sleep(2)
+            await asyncio.sleep(0.5)

@@ -216,7 +216,6 @@ class Ledger:
         self.total_tokens = 0
         #: 429s, and the admissions they refused (``total_*`` minus these: what the quota was charged).
         self.rate_limited_responses = 0
-        self.refused_requests = 0
         self.refused_tokens = 0
         #: The first window's allowance still to be released beyond the steady burst (slow start).
         self.bonus_left = (self.window.request_limit - self.requests.level,
@@ -234,7 +233,7 @@ class Ledger:
     @property
     def charged_requests(self) -> int:
         """Requests the deployment's quota took (admitted, less those it refused with 429)."""
-        return self.total_requests - self.refused_requests
+        return self.total_requests - self.rate_limited_responses
 
     @property
     def learned_per_minute(self) -> tuple[int, int]:
@@ -259,12 +258,10 @@ class Ledger:
         if self.bonus_left != (0.0, 0.0):
             # A bucket holds a window at most: refills saved up while nothing was sent (the key
             # probe, the first answers) come out of what is still to be released.
-            for budget, limit, index in ((self.requests, self.window.request_limit, 0),
-                                         (self.tokens, self.window.token_limit, 1)):
-                budget._refill(now)
-                left = list(self.bonus_left)
-                left[index] = max(0.0, min(left[index], limit - budget.level))
-                self.bonus_left = (left[0], left[1])
+            self.requests._refill(now)
+            self.tokens._refill(now)
+            self.bonus_left = (max(0.0, min(self.bonus_left[0], self.window.request_limit - self.requests.level)),
+                               max(0.0, min(self.bonus_left[1], self.window.token_limit - self.tokens.level)))
         if self.bonus_left != (0.0, 0.0) and now >= self._next_bonus:
             self._next_bonus = now + self.window_s * self.BONUS_WINDOWS / self.BONUS_STEPS
             steps = [min(left, step) for left, step in zip(self.bonus_left, self._bonus_step, strict=True)]
@@ -281,6 +278,10 @@ class Ledger:
     def delay(self, now: float, tokens: int) -> float:
         """Seconds to wait before a request of ``tokens`` may go (0: now)."""
         self._tick(now)
+        return self._wait(now, tokens)
+
+    def _wait(self, now: float, tokens: int) -> float:
+        """``delay`` once ``_tick`` has run for ``now``."""
         wait = max(
             self.paused_until - now,
             self.requests.wait(now, 1),
@@ -297,7 +298,8 @@ class Ledger:
         first (the oldest cannot use that room yet anyway); after that, nobody overtakes
         it. Returns the index and 0, or ``None`` and how long to wait before asking again.
         """
-        first = self.delay(now, costs[0])
+        self._tick(now)  # once: the candidates are weighed against the same state
+        first = self._wait(now, costs[0])
         if first == 0.0 and (self.model != "sliding" or len(costs) == 1):
             return 0, 0.0
         # While the first window is being released, ask again at its next step.
@@ -309,7 +311,7 @@ class Ledger:
         for index in range(1, len(costs)):
             if best is not None and costs[index] <= costs[best]:
                 continue
-            wait = self.delay(now, costs[index])
+            wait = self._wait(now, costs[index])
             if wait == 0.0:
                 if self.model != "sliding":
                     return index, 0.0
@@ -401,7 +403,6 @@ class Ledger:
         held = self.window.tokens  # what the last window held, the refused request included
         self.window.refund(ticket.entry)
         self.rate_limited_responses += 1
-        self.refused_requests += 1
         self.refused_tokens += refused
         learned, probing = False, False
         if stamp < self._learned_at:

@@ -65,7 +65,7 @@ from flows.pipeline import BAD_INPUT_LISTED, Execution, JobError, JobStoppedErro
 from flows.progress import PROGRESS_KEY, SUMMARY_KEY, ArtifactProgress, summary_markdown
 from flows.progress import listeners as progress_listeners
 from flows.report import write_report
-from flows.resume import Earlier, read_earlier
+from flows.resume import RETRIED, Earlier, read_earlier
 from flows.schedule import RunDateError, publish_pointer, run_date
 from flows.storage import Storage, StorageError, redact_location, storage_for
 from schemas import InputSchema, JobSpec, PassthroughError, job_from_dict, parse_job
@@ -159,7 +159,7 @@ def prepare_output(spec: JobSpec, files: list[str], retry_errors: bool, overwrit
     if previous is None:
         clear_metrics(out, spec.output)  # another job's, or a deleted output's: not this run's story
     if previous is not None and not changes and previous.get("status") == "complete" and not (
-            retry_errors and (previous["rows"].get("error", 0) or previous["rows"].get("invalid", 0))):
+            retry_errors and any(previous["rows"].get(status, 0) for status in RETRIED)):
         return Prepared(Earlier(shard_rows), current, current, complete=previous)
     if changes:
         log.warning("inputs_changed", changes=changes, action="rows are matched by id and content")

@@ -275,8 +275,9 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
         dupes.lookup = KeptAnswers(out, spec.output, sorted(progress.kept))
     watch = Watch(metrics, lanes, spend, save_metrics) if metrics is not None else None
 
-    def place(seq: int, record: dict[str, Any], passthrough: Any) -> None:
-        journal.add(seq, {name: record[name] for name in OUTPUT_SCHEMA.names})
+    def place(seq: int, record: dict[str, Any], passthrough: Any, ours: dict[str, Any] | None = None) -> None:
+        """Journal the row (``ours``: its output columns, when the caller has them) and hand it to its part."""
+        journal.add(seq, ours if ours is not None else {name: record[name] for name in OUTPUT_SCHEMA.names})
         writer.add(seq, {**record, **passthrough})
 
     def place_copy(seq: int, record: dict[str, Any], passthrough: Any) -> None:
@@ -289,13 +290,13 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
         record = outcome.record(spec.price(outcome.model) if outcome.model else None)
         if watch is not None:
             watch.row(outcome, record)
-        place(outcome.seq, record, {})
+        ours = {name: record[name] for name in OUTPUT_SCHEMA.names}
+        place(outcome.seq, record, {}, ours)
         if outcome.error is not None and outcome.error.startswith("bad input: "):
             execution.bad_input_rows += 1
             if len(execution.bad_input) < BAD_INPUT_LISTED:
                 execution.bad_input.append(outcome.error.removeprefix("bad input: "))
         if spec.dedupes and outcome.digest is not None:
-            ours = {name: record[name] for name in OUTPUT_SCHEMA.names}
             for copy in dupes.answered(outcome.digest, ours):
                 place_copy(copy.seq, copy_record(ours, copy.id), copy.passthrough)
 

@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from flows.pipeline import Listener, Snapshot
+from schemas import STATUSES
 
 #: Listeners of the runs this process starts (the CLI's progress bar).
 listeners: list[Listener] = []
@@ -117,7 +118,7 @@ def summary_markdown(manifest: dict[str, Any], report: tuple[str, str] | None = 
     lines = [
         f"# promptbatch run — {manifest['status']}", "",
         "| outcome | rows |", "|---|---:|",
-        *(f"| {status} | {rows[status]:,} |" for status in ("ok", "filtered", "error", "invalid") if status in rows),
+        *(f"| {status} | {rows[status]:,} |" for status in STATUSES if status in rows),
         f"| **total** | **{rows['total']:,}** |", "",
         "| model | cost (USD) |", "|---|---:|",
         *(f"| {model} | {usd:,.6f} |" for model, usd in cost["by_model"].items()),

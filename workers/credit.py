@@ -38,8 +38,7 @@ class Credit:
         self._refills: dict[str, asyncio.Task[None]] = {}
         self._need_tokens = 0
         self._failure: BaseException | None = None
-        #: Leases taken and credit dropped unspent, for the benchmark and the logs.
-        self.leases = 0
+        #: Credit dropped unspent (leased, then too old to spend).
         self.dropped_tokens = 0
 
     def _expire(self) -> None:
@@ -104,7 +103,6 @@ class Credit:
         self._expire()
         self.tokens += tokens
         self.requests += requests
-        self.leases += 1
         self._leased_at = self._clock()
 
     async def aclose(self) -> None:

@@ -175,23 +175,19 @@ def meter(metering: Metering, requests_per_minute: int, tokens_per_minute: int, 
     return SlidingLog(requests_per_minute, tokens_per_minute, window_s)
 
 
-class MinuteTally:
-    """What was admitted over the last 60 s, for headers that count per minute."""
+class MinuteTally(SlidingLog):
+    """What was admitted over the last 60 s, for headers that count per minute (a sliding log of a
+    minute that counts what the deployment's own meter admitted, never refusing)."""
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int):
-        self.request_limit, self.token_limit = requests_per_minute, tokens_per_minute
-        self._entries: deque[tuple[float, int, int]] = deque()
-        self._requests = 0
-        self._tokens = 0
+        super().__init__(requests_per_minute, tokens_per_minute, 60.0)
 
     def add(self, now: float, requests: int, tokens: int) -> None:
+        self._expire(now)
         self._entries.append((now, requests, tokens))
         self._requests += requests
         self._tokens += tokens
 
     def remaining(self, now: float) -> tuple[int, int]:
-        while self._entries and self._entries[0][0] <= now - 60:
-            _, requests, tokens = self._entries.popleft()
-            self._requests -= requests
-            self._tokens -= tokens
+        self._expire(now)
         return max(0, self.request_limit - self._requests), max(0, self.token_limit - self._tokens)

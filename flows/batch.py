@@ -244,7 +244,8 @@ async def process_slice(spec: JobSpec, files: list[str], progress: Earlier, inde
     metrics, save = await _metrics_of(spec, f"slice-{index}-of-{count}")
     async with get_client() as client:
         leasers = [Leaser(client, shared_limits(e)) for e in spec.all_endpoints]
-        execution = await execute(spec, files, progress=progress, part=(index, count),
+        layout = progress.layout.slice(index, count)
+        execution = await execute(spec, files, progress=progress, layout=layout,
                                   metrics=metrics, save_metrics=save,
                                   credits=[leaser.credit() for leaser in leasers],
                                   learners=[leaser.learned for leaser in leasers],
@@ -252,7 +253,7 @@ async def process_slice(spec: JobSpec, files: list[str], progress: Earlier, inde
                                   columns=columns)
     note = {
         "index": index, "count": count, "worker": worker, "input_rows": execution.reading.rows,
-        "shards": sorted(p.shard for p in execution.parts if p.shard % count == index),
+        "shards": sorted(p.shard for p in execution.parts if layout.owns(p.shard)),
         "rows_sent": execution.tally.rows, "stopped": execution.stopped, "reused_rows": execution.reused_rows,
         "quota_learned": execution.quota_learned(),
         "bad_input": execution.bad_input, "bad_input_rows": execution.bad_input_rows,
@@ -399,7 +400,7 @@ async def _run(spec: JobSpec, files: list[str], prepared: Prepared, day: str, wo
         if stopped is None:
             await asyncio.to_thread(_clear_scratch, out, spec.output)
     if stopped is None and total_rows is not None:
-        await asyncio.to_thread(drop_parts_beyond, out, spec.output, total_rows, progress.shard_rows)
+        await asyncio.to_thread(drop_parts_beyond, out, spec.output, total_rows, progress.layout)
     status = "stopped" if stopped else "complete"
     manifest = build_manifest(spec, files, parts, status=status, shard_rows=progress.shard_rows,
                               wall_time_s=time.monotonic() - started, total_rows=total_rows,

@@ -37,7 +37,7 @@ def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
     from flows.pipeline import JobStoppedError
     from flows.storage import StorageError
     from schemas import JobFileError
-    from workers import JobAbortedError
+    from workers import JobAbortedError, StopReason
 
     adopt_console()  # Prefect, loaded by now, has put its own console handler in place
     explained_failures[:] = [JobFileError, JobError, OutputBusyError, JobAbortedError, StorageError, OSError,
@@ -56,7 +56,7 @@ def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
         _fail(4, f"storage:{where}: {exc.strerror or exc}; what was committed is kept: run the job again to resume")
     except JobStoppedError as exc:
         _print_summary(exc.summary)
-        _fail(6 if exc.reason == "budget" else 5, str(exc))
+        _fail(6 if exc.reason is StopReason.BUDGET else 5, str(exc))
 
 
 def _print_summary(result: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flows.storage import LocalStorage, Storage, redact_location
-from schemas import BadRowError, InputColumns, InputSchema, JobSpec, PromptRow, build_row
+from schemas import BadRowError, InputColumns, InputSchema, JobSpec, PromptRow, ShardLayout, build_row
 
 Item = PromptRow | BadRowError
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -178,12 +178,12 @@ class ShardRead:
 
 def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 512, *,
                skip: Callable[[int], bool] | None = None, reading: Reading | None = None,
-               shard_rows: int | None = None, mixed_ids: bool = False) -> Iterator[list[Item | ShardRead]]:
+               layout: ShardLayout | None = None, mixed_ids: bool = False) -> Iterator[list[Item | ShardRead]]:
     """Every row of every file, numbered in order and built into requests, in batches.
 
     Rows for which ``skip(seq)`` holds are counted but neither built nor yielded (they
     are done already). ``reading`` learns the input's length at the end. With
-    ``shard_rows``, a ``ShardRead`` follows the last row of each shard that was not skipped.
+    ``layout``, a ``ShardRead`` follows the last row of each shard that was not skipped.
     ``mixed_ids``: the input's ids are integers and strings both (``InputSchema.mixed_ids``).
     """
     seq = 0
@@ -196,8 +196,8 @@ def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 5
             if skip is not None and skip(seq):
                 seq += 1
                 continue
-            if shard_rows is not None:
-                if seq % shard_rows == 0:
+            if layout is not None:
+                if layout.offset(seq) == 0:
                     digest = ShardDigest()
                 digest.add(raw)
             if isinstance(record, BadRowError):
@@ -210,15 +210,15 @@ def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 5
                 except BadRowError as exc:
                     chunk.append(exc)
             seq += 1
-            if shard_rows is not None and seq % shard_rows == 0:
-                chunk.append(ShardRead(seq // shard_rows - 1, digest.hexdigest(), digest.rows))
+            if layout is not None and layout.offset(seq) == 0:
+                chunk.append(ShardRead(layout.shard_of(seq) - 1, digest.hexdigest(), digest.rows))
             if len(chunk) >= batch:
                 yield chunk
                 chunk = []
         if seq == first and reading is not None:
             reading.empty_files.append(redact_location(location))
-    if shard_rows is not None and seq % shard_rows and digest.rows == seq % shard_rows:
-        chunk.append(ShardRead(seq // shard_rows, digest.hexdigest(), digest.rows))
+    if layout is not None and layout.offset(seq) and digest.rows == layout.offset(seq):
+        chunk.append(ShardRead(layout.shard_of(seq), digest.hexdigest(), digest.rows))
     if chunk:
         yield chunk
     if reading is not None:

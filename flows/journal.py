@@ -35,6 +35,7 @@ import structlog
 
 from flows.inputs import split_lines
 from flows.storage import MAX_APPEND, Storage
+from schemas import ShardLayout
 
 log = structlog.get_logger(__name__)
 
@@ -46,11 +47,11 @@ SEGMENT_LINES = 20_000
 class Journal:
     """Append-only log of finished rows for one run; see the module docstring."""
 
-    def __init__(self, storage: Storage, output: str, shard_rows: int, *, job_hash: str = "job",
+    def __init__(self, storage: Storage, output: str, layout: ShardLayout, *, job_hash: str = "job",
                  segment_lines: int = SEGMENT_LINES):
         self._storage = storage
         self._output = output
-        self._shard_rows = shard_rows
+        self._layout = layout
         self._segment_lines = segment_lines
         self._run = f"{job_hash}-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         self._number = 0
@@ -87,13 +88,13 @@ class Journal:
         if self._storage.cheap_appends and not self._pending:
             # On local disk a row is written as it comes: one write(2), durable against a kill at once.
             try:
-                self._write([(seq // self._shard_rows, line)])
+                self._write([(self._layout.shard_of(seq), line)])
             except BaseException as exc:
                 self._failure = exc
                 raise
             self._durable += 1
             return
-        self._pending.append((seq // self._shard_rows, line))
+        self._pending.append((self._layout.shard_of(seq), line))
         self._wake.set()
 
     def published(self, shard: int) -> None:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import structlog
 
 from flows.storage import Storage
-from schemas import STATUSES, conform, output_table
+from schemas import STATUSES, ShardLayout, conform, output_table
 
 log = structlog.get_logger(__name__)
 
@@ -64,13 +64,13 @@ class PartWriter:
     handing a row over never waits on storage; ``on_published`` hears of each part.
     """
 
-    def __init__(self, storage: Storage, folder: str, shard_rows: int,
+    def __init__(self, storage: Storage, folder: str, layout: ShardLayout,
                  on_published: Callable[[PartSummary], Awaitable[None]] | None = None, *, job_hash: str = "",
                  passthrough: pa.Schema | None = None,
                  derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None, enums: Sequence[str] = ()):
         self._storage = storage
         self._folder = folder
-        self._shard_rows = shard_rows
+        self._layout = layout
         self._on_published = on_published
         self._job_hash = job_hash
         self._passthrough = passthrough
@@ -90,7 +90,7 @@ class PartWriter:
         """Take one finished row; start publishing its shard if it was the last one missing."""
         if self._failure is not None:
             raise self._failure
-        shard = seq // self._shard_rows
+        shard = self._layout.shard_of(seq)
         records = self._open.setdefault(shard, [])
         records.append((seq, record))
         if len(records) == self._shard_size(shard) and shard in self._digests:
@@ -99,8 +99,8 @@ class PartWriter:
     def shard_read(self, shard: int, digest: str, rows: int) -> None:
         """The input of ``shard`` has been read to its end (``rows`` rows): publish it once whole."""
         self._digests[shard] = digest
-        if rows < self._shard_rows:  # only the input's last shard is short
-            self._total_rows = shard * self._shard_rows + rows
+        if rows < self._layout.shard_rows:  # only the input's last shard is short
+            self._total_rows = shard * self._layout.shard_rows + rows
         if len(self._open.get(shard, ())) == self._shard_size(shard):
             self._start_publish(shard)
 
@@ -131,8 +131,8 @@ class PartWriter:
 
     def _shard_size(self, shard: int) -> int:
         if self._total_rows is None:
-            return self._shard_rows
-        return min(self._shard_rows, self._total_rows - shard * self._shard_rows)
+            return self._layout.shard_rows
+        return self._layout.rows_of(shard, self._total_rows)
 
     def _start_publish(self, shard: int) -> None:
         records = self._open.pop(shard)
@@ -163,7 +163,7 @@ class PartWriter:
         fd, tmp = tempfile.mkstemp(suffix=".parquet")
         os.close(fd)
         table = output_table(records, self._passthrough)
-        meta = {META_JOB_HASH: self._job_hash.encode(), META_SHARD_ROWS: str(self._shard_rows).encode()}
+        meta = {META_JOB_HASH: self._job_hash.encode(), META_SHARD_ROWS: str(self._layout.shard_rows).encode()}
         if digest is not None:
             meta[META_INPUT_DIGEST] = digest.encode()
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
@@ -235,9 +235,9 @@ def conform_parts(storage: Storage, folder: str, shards: list[int], passthrough:
     return rewritten
 
 
-def drop_parts_beyond(storage: Storage, folder: str, total_rows: int, shard_rows: int) -> list[str]:
+def drop_parts_beyond(storage: Storage, folder: str, total_rows: int, layout: ShardLayout) -> list[str]:
     """Delete the parts of shards past the input's end (it got shorter); their names."""
-    shards = -(-total_rows // shard_rows)
+    shards = layout.shards(total_rows)
     gone = [name for name in storage.list_names(folder) if (part_shard(name) or 0) >= shards
             and part_shard(name) is not None]
     for name in gone:

@@ -18,7 +18,7 @@ import time
 from typing import Any
 from uuid import UUID
 
-from flows.pipeline import Listener, Snapshot
+from flows.snapshot import Listener, Snapshot
 from schemas import STATUSES
 
 #: Listeners of the runs this process starts (the CLI's progress bar).

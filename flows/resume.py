@@ -37,7 +37,7 @@ from flows.inputs import shard_digests
 from flows.journal import journal_segments, read_journal, retire
 from flows.parts import META_INPUT_DIGEST, PartSummary, part_name, part_shard, summarize
 from flows.storage import Storage
-from schemas import OUTPUT_SCHEMA, STATUSES
+from schemas import OUTPUT_SCHEMA, STATUSES, ShardLayout
 
 log = structlog.get_logger(__name__)
 
@@ -105,9 +105,18 @@ class Earlier:
     #: Parts found that are not kept: rebuilt by this run, or deleted when the input got shorter.
     rebuilt: list[int] = field(default_factory=list)
 
+    @property
+    def layout(self) -> ShardLayout:
+        """The output's shards, the whole job's slice."""
+        return ShardLayout(self.shard_rows)
+
     def done_shard(self, seq: int) -> bool:
         """Whether row ``seq`` sits in a part that is kept (nothing to read or send)."""
-        return seq // self.shard_rows in self.kept
+        return self.layout.shard_of(seq) in self.kept
+
+    def kept_rows(self, layout: ShardLayout) -> int:
+        """Rows of ``layout``'s slice that sit in kept parts."""
+        return sum(p.rows for shard, p in self.kept.items() if layout.owns(shard))
 
     @property
     def spent_usd(self) -> float:

@@ -65,7 +65,7 @@ class Watch:
         """Enter a row that carries another row's answer (sent once, paid once: no tokens, cost or attempts)."""
         self.recorder.row(self.clock() if now is None else now, None, record.get("model"), record["status"])
 
-    def row(self, outcome: Outcome, record: dict[str, Any], now: float | None = None) -> None:
+    def row(self, outcome: Outcome, now: float | None = None) -> None:
         """Enter one finished row (and its deployment's counters, so that what was charged lands in the
         bucket it happened in even when the loop is too busy to sample); the first few of bad input are said."""
         now = self.clock() if now is None else now
@@ -74,12 +74,12 @@ class Watch:
             self._sample(now, lane)
         self.recorder.row(now, outcome.endpoint, outcome.model, outcome.status,
                           prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
-                          cost_usd=record.get("cost_usd") or 0.0, latency_ms=outcome.latency_ms,
+                          cost_usd=outcome.cost_usd, latency_ms=outcome.latency_ms,
                           attempts=outcome.attempts)
-        if outcome.error is not None and outcome.error.startswith("bad input: "):
+        if outcome.refusal is not None:
             self.bad_input_rows += 1
             if self.bad_input_rows <= BAD_INPUT_WARNED:
-                log.warning("bad_input", row=outcome.row_id, error=outcome.error.removeprefix("bad input: "),
+                log.warning("bad_input", row=outcome.row_id, error=outcome.refusal.detail,
                             note="the row is not sent; it is an error row in the output" +
                                  ("; further bad rows are counted in the summary"
                                   if self.bad_input_rows == BAD_INPUT_WARNED else ""))

@@ -38,8 +38,10 @@ from schemas.passthrough import (
     part_schema,
     with_labels,
 )
+from schemas.plan import Planned, Refusal, RefusalKind, over_context, plan_counted
 from schemas.response import ResponseSpec
 from schemas.rows import BadRowError, PromptRow, build_row, derive_id, request_digest
+from schemas.shards import ShardLayout
 
 __all__ = [
     "APPROXIMATE_SPREAD",
@@ -60,10 +62,14 @@ __all__ = [
     "ModelInfo",
     "ModelSpec",
     "Params",
+    "Planned",
     "Price",
     "PromptRow",
     "PromptSpec",
+    "Refusal",
+    "RefusalKind",
     "ResponseSpec",
+    "ShardLayout",
     "Status",
     "TokenizerName",
     "UnknownModelError",
@@ -75,10 +81,12 @@ __all__ = [
     "known_models",
     "model_info",
     "output_table",
+    "over_context",
     "parse_job",
     "part_schema",
     "passthrough_name",
     "placeholders",
+    "plan_counted",
     "pointer_folder",
     "request_digest",
     "resolve",

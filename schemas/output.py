@@ -8,13 +8,23 @@ where they would shadow one of ours.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from enum import StrEnum
+from typing import Final
 
 import pyarrow as pa
 
-#: ``invalid``: a labeling job's answer never validated against its schema, re-asks included.
-Status = Literal["ok", "filtered", "error", "invalid"]
-STATUSES: Final = ("ok", "filtered", "error", "invalid")
+
+class Status(StrEnum):
+    """How a row ended: the ``status`` column's values (a ``Status`` is its own string)."""
+
+    OK = "ok"
+    FILTERED = "filtered"
+    ERROR = "error"
+    #: A labeling job's answer never validated against its schema, re-asks included.
+    INVALID = "invalid"
+
+
+STATUSES: Final = tuple(s.value for s in Status)
 
 TOP_LOGPROB = pa.struct([("token", pa.string()), ("logprob", pa.float64())])
 TOKEN_LOGPROB = pa.struct(

@@ -18,16 +18,20 @@ from workers.errors import (
     TransportError,
 )
 from workers.labels import Modes, label_columns
-from workers.pool import Engine, Lane, Outcome, Tally
+from workers.lane import Lane
+from workers.outcome import Draft, Outcome, Tally
+from workers.pool import Engine
 from workers.quota import Quota
 from workers.retry import RetryPolicy
 from workers.spend import BudgetExhaustedError, Spend
+from workers.stopping import StopReason
 from workers.tokens import TokenCounter, TokenizeError
 
 __all__ = [
     "AuthRejectedError",
     "BudgetExhaustedError",
     "Completion",
+    "Draft",
     "Duplicates",
     "ContentFilteredError",
     "EndpointClient",
@@ -44,6 +48,7 @@ __all__ = [
     "RowFailedError",
     "ServerError",
     "Spend",
+    "StopReason",
     "Tally",
     "TokenCounter",
     "TokenizeError",

@@ -1,15 +1,18 @@
 """When to try a failed call again, and after how long: pure decisions, no sleeping.
 
-Only ``RetryableError`` is retried (429, 408, 409, 5xx, transport failures). The pause
-is the server's ``retry-after`` when it gave one, else exponential backoff with full
-jitter, capped; randomness comes in as an argument so tests choose it.
+Only ``RetryableError`` is retried (429, 408, 409, 5xx, transport failures). A 429 is
+retried at once: its ``retry-after`` is the deployment's pause, which the lane's quota
+applies to every request (``workers.quota``), so the row simply queues for admission
+again. Any other pause is the server's ``retry-after`` when it gave one, else
+exponential backoff with full jitter, capped; randomness comes in as an argument so
+tests choose it. The engine asks ``pause`` for every failed attempt.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workers.errors import EndpointError, RetryableError
+from workers.errors import EndpointError, RateLimitedError, RetryableError
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,8 @@ class RetryPolicy:
         """
         if not isinstance(error, RetryableError) or attempt >= self.max_attempts:
             return None
+        if isinstance(error, RateLimitedError):
+            return 0.0  # the quota holds the row back for the deployment's pause
         if error.retry_after_s is not None:
             # A little spread so the requests the server turned away do not return together.
             return error.retry_after_s + jitter * self.base_s

@@ -145,7 +145,7 @@ class TestReask:
         (outcome,), _ = await run_engine(handler)
         assert outcome.status == "invalid" and outcome.attempts == 3
         assert outcome.error is not None and outcome.error.startswith("invalid answer after 2 re-asks: sentiment:")
-        assert outcome.record(None)["completion"] == '{"sentiment": "meh"}'
+        assert outcome.record()["completion"] == '{"sentiment": "meh"}'
 
 
 class TestDuplicates:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.pipeline import Execution, Snapshot
+from flows.pipeline import Snapshot
 from flows.progress import describe, eta_s, summary_markdown
 
 
@@ -20,14 +20,6 @@ def test_progress_line_names_rows_rate_against_quota_cost_and_eta() -> None:
 def test_unknown_total_gives_no_eta() -> None:
     snap = Snapshot(10, None, 0, 200_000, 0.0, 5)
     assert eta_s(snap) is None and "ETA –" in describe(snap) and " of " not in describe(snap).split("rows")[0]
-
-
-def test_a_slice_counts_only_its_own_shards() -> None:
-    execution = Execution.__new__(Execution)
-    execution.part, execution.shard_rows = (1, 2), 50
-    assert execution.rows_in_part(230) == 50 + 50  # shards 1 and 3 of 0..4 (the last has 30 rows)
-    execution.part = (0, 2)
-    assert execution.rows_in_part(230) == 50 + 50 + 30
 
 
 def test_summary_table_has_outcomes_and_cost_by_model() -> None:

@@ -7,6 +7,7 @@ from typing import Any, cast
 
 from flows.metrics import Recorder
 from flows.watch import RATE_LIMITED_EVERY_S, Watch
+from schemas import Refusal, RefusalKind, Status
 from workers import Lane, Outcome, Spend
 from workers.quota import Ledger
 
@@ -45,11 +46,11 @@ class TestWatch:
         ledger = Ledger(1_000, 200_000, first_window=False)
         watch = Watch(Recorder(), [lane(ledger)], Spend(None))
         ledger.admit(0.0, 400)
-        outcome = Outcome(0, "r1", "ok", model="mistral-large-2407", endpoint=URL, prompt_tokens=30,
-                          completion_tokens=9, latency_ms=120.0, attempts=1)
-        watch.row(outcome, {"cost_usd": 0.0001}, now=T0 + 3)
-        bad = Outcome(1, "r2", "error", error="bad input: a.jsonl line 2: field `text`: missing")
-        watch.row(bad, {"cost_usd": 0.0}, now=T0 + 4)
+        outcome = Outcome(0, "r1", Status.OK, model="mistral-large-2407", endpoint=URL, prompt_tokens=30,
+                          completion_tokens=9, latency_ms=120.0, attempts=1, cost_usd=0.0001)
+        watch.row(outcome, now=T0 + 3)
+        bad = Outcome.refused(1, "r2", Refusal(RefusalKind.BAD_INPUT, "a.jsonl line 2: field `text`: missing"))
+        watch.row(bad, now=T0 + 4)
         sent, unsent = watch.recorder.buckets[(T0, URL, "mistral-large-2407")], watch.recorder.buckets[(T0, "", "")]
         assert (sent.by_status["ok"], sent.tokens_charged, sent.prompt_tokens, sent.cost_usd) == (1, 400, 30, 0.0001)
         assert unsent.by_status["error"] == 1 and watch.bad_input_rows == 1

@@ -25,12 +25,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from schemas.response import AUTO_ORDER, CONFIDENCE_SUFFIX, LABEL_PREFIX, ResponseSpec
-
-if TYPE_CHECKING:  # the client builds requests with ``Modes``; only the type goes the other way
-    from workers.client import Completion
+from workers.completion import Completion
 
 REASK_TEMPLATE = ("Your answer is not valid: {error}. Answer again with one JSON object valid under the schema "
                   "in the system message, and nothing else.")

@@ -1,4 +1,4 @@
-"""The project's own Azure serverless Mistral lookalike: see ``workers.simulator.app``."""
+"""The project's own Azure serverless Mistral lookalike: see ``workers.simulator.deployment``."""
 
 from workers.simulator.app import BackgroundSimulator, Simulator, serve
 from workers.simulator.config import FAULT_KINDS, HEADER_MODES, SimConfig, parse_faults

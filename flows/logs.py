@@ -14,8 +14,9 @@ that handler (``adopt_console``): Prefect's own records and promptbatch's events
 out in one concise format (``--log-format text``) or as JSON lines (``json``), warnings
 standing out. A flow run started by a Prefect worker keeps Prefect's console format.
 
-Keys, SAS tokens and connection-string account keys are registered here as soon as
-they are loaded; ``scrub`` masks them (and any ``sig=`` SAS signature) in every event,
+Keys, SAS tokens and connection-string account keys are registered as soon as they are
+loaded, in the process's one registry of secrets (``workers.redact.REDACTOR``); ``scrub``
+masks them (and any SAS signature, account key or echoed credential) in every event,
 before it is rendered, and ``ScrubFilter`` in every ``logging`` record (Prefect's own).
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
@@ -31,11 +31,8 @@ from typing import Any
 
 import structlog
 
-from workers.redact import mask
+from workers.redact import REDACTOR
 
-_secrets: set[str] = set()
-_SAS_SIG = re.compile(r"(sig=)[^&\s'\"]+", re.I)
-_ACCOUNT_KEY = re.compile(r"(AccountKey=)[^;\s'\"]+", re.I)
 FORMATS = ("text", "json")
 #: Events the console leaves out while a progress bar shows the same figures (the run's logs keep them).
 quiet_on_console: set[str] = set()
@@ -49,18 +46,12 @@ _console: dict[str, Any] = {"format": None}
 
 def register_secret(value: str | None) -> None:
     """Never show ``value`` in a log line from now on."""
-    if value and len(value) >= 4:
-        _secrets.add(value)
+    REDACTOR.add(value)
 
 
 def scrub(text: str) -> str:
     """``text`` with every registered secret, SAS signature and echoed credential masked."""
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, "***")
-    text = _SAS_SIG.sub(r"\1***", text)
-    # Credentials echoed by an endpoint or gateway, whoever's they are (``workers.redact``).
-    return mask(_ACCOUNT_KEY.sub(r"\1***", text))
+    return REDACTOR.scrub(text)
 
 
 def _scrubbed(value: Any) -> Any:

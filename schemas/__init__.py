@@ -4,18 +4,9 @@ Pure definitions, no I/O; ``flows`` and ``workers`` build on these.
 """
 
 from schemas.dates import placeholders, pointer_folder, resolve
-from schemas.job import (
-    AZURE_INFERENCE_API_VERSION,
-    DEFAULT_MAX_TOKENS,
-    EndpointSpec,
-    JobFileError,
-    JobSpec,
-    ModelSpec,
-    Params,
-    PromptSpec,
-    job_from_dict,
-    parse_job,
-)
+from schemas.endpoint import AZURE_INFERENCE_API_VERSION, EndpointSpec, ModelSpec
+from schemas.job import JobSpec, job_from_dict, parse_job
+from schemas.job_file import JobFileError
 from schemas.models import (
     APPROXIMATE_SPREAD,
     PRICES_AS_OF,
@@ -29,6 +20,7 @@ from schemas.models import (
     model_info,
 )
 from schemas.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA, STATUSES, Status, passthrough_name
+from schemas.params import DEFAULT_MAX_TOKENS, Params, PromptSpec
 from schemas.passthrough import (
     InputColumns,
     InputSchema,

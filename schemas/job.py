@@ -1,9 +1,12 @@
 """The job file: what to read, where to write, which deployment to call and how.
 
-Every model here is frozen and forbids unknown keys, so a typo in a job file is an
-error that names the key instead of a setting silently ignored. ``parse_job`` turns
-YAML text into a ``JobSpec`` and pydantic's errors into one ``JobFileError`` whose
-lines each name the offending key by its dotted path.
+Every model of the file is frozen and forbids unknown keys (``schemas.frozen``), so a typo
+in a job file is an error that names the key instead of a setting silently ignored. The
+deployments are described in ``schemas.endpoint``, the prompt template and sampling
+parameters in ``schemas.params``, the reading of the YAML in ``schemas.job_file``; this
+module is the whole job, ``JobSpec``. ``parse_job`` turns YAML text into a ``JobSpec`` and
+pydantic's errors into one ``JobFileError`` whose lines each name the offending key by its
+dotted path.
 """
 
 from __future__ import annotations
@@ -11,146 +14,37 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from datetime import date
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from schemas.dates import placeholders, resolve
-from schemas.models import SHIPPED_TOKENIZERS, ModelInfo, Price, canonical_name, model_info, unknown_model_message
+from schemas.endpoint import AZURE_INFERENCE_API_VERSION, EndpointSpec, ModelSpec, PriceOverride, normalized_url
+from schemas.frozen import Frozen
+from schemas.job_file import MAX_JOB_NODES, JobFileError, load_job_mapping
+from schemas.models import ModelInfo, Price, canonical_name, model_info, unknown_model_message
+from schemas.params import DEFAULT_MAX_TOKENS, Params, PromptSpec
 from schemas.response import ResponseSpec
 
-DEFAULT_MAX_TOKENS = 1024
-AZURE_INFERENCE_API_VERSION = "2024-05-01-preview"
-#: The most YAML nodes a job file may expand to (aliases counted each time they are used): a job file
-#: is a few dozen keys; a "billion laughs" of aliases is refused before it is built.
-MAX_JOB_NODES = 10_000
+__all__ = [
+    "AZURE_INFERENCE_API_VERSION",
+    "DEFAULT_MAX_TOKENS",
+    "MAX_JOB_NODES",
+    "EndpointSpec",
+    "JobFileError",
+    "JobSpec",
+    "ModelSpec",
+    "Params",
+    "PriceOverride",
+    "PromptSpec",
+    "job_from_dict",
+    "normalized_url",
+    "parse_job",
+]
 
 
-class JobFileError(ValueError):
-    """The job file is not valid; the message names each bad key."""
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class PriceOverride(_Frozen):
-    """USD per million tokens for one model, replacing the built-in price."""
-
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
-
-
-class ModelSpec(_Frozen):
-    """A model the built-in catalog does not know, described by the job.
-
-    ``tokenizer`` is a tokenizer mistral-common ships (``v7``, ``tekken``, …) or a path to
-    a tokenizer file (``tekken.json``, ``tokenizer.model.v3``…). Counts are taken to be
-    approximate — the estimate widens its interval, admission learns the real ratio from
-    the endpoint's ``usage`` — unless ``exact`` says the tokenizer is the model's own.
-    """
-
-    name: str = Field(min_length=1)
-    tokenizer: str = Field(min_length=1)
-    context_tokens: int = Field(gt=0)
-    prices: PriceOverride
-    exact: bool = False
-
-    @field_validator("tokenizer")
-    @classmethod
-    def _shipped_or_file(cls, value: str) -> str:
-        if value in SHIPPED_TOKENIZERS or os.path.isfile(value):
-            return value
-        raise ValueError(f"{value!r} is neither a tokenizer mistral-common ships "
-                         f"({', '.join(SHIPPED_TOKENIZERS)}) nor a tokenizer file")
-
-    def info(self) -> ModelInfo:
-        """The model as the rest of promptbatch sees it."""
-        price = Price(self.prices.input_per_mtok, self.prices.output_per_mtok)
-        return ModelInfo(self.name.strip().lower(), self.tokenizer, self.context_tokens, price, price_as_of=None,
-                         exact=self.exact)
-
-
-class EndpointSpec(_Frozen):
-    """One serverless deployment: one model, one key, one quota.
-
-    ``model`` is a model's name; in the job file it may also be a ``ModelSpec`` mapping
-    (a model only this endpoint serves), which lands in ``model_spec``.
-    """
-
-    url: str
-    api: Literal["mistral", "azure-inference"] = "mistral"
-    model: str
-    model_spec: ModelSpec | None = None
-    api_key_env: str = "AZURE_MISTRAL_KEY"
-    #: A Prefect Secret block holding the key, read at run time; when set, ``api_key_env`` is not used.
-    api_key_secret: str | None = Field(None, min_length=1)
-    tokens_per_minute: int = Field(200_000, gt=0)
-    requests_per_minute: int = Field(1_000, gt=0)
-    #: ``cap``: the quota above is the most ever sent (less when the deployment admits less);
-    #: ``auto``: it is where learning starts, and the pool probes above it too.
-    quota: Literal["cap", "auto"] = "cap"
-    api_version: str = AZURE_INFERENCE_API_VERSION
-    quota_window_s: float = Field(10.0, gt=0, le=60)
-    #: Bounds the whole request, body included (not each read).
-    timeout_s: float = Field(120.0, gt=0)
-    #: The longest pause a ``retry-after`` is honoured for; a longer one is cut to this (and logged).
-    max_retry_after_s: float = Field(300.0, ge=0)
-    max_concurrency: int = Field(256, gt=0, le=4096)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _model_mapping(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("model"), dict):
-            block = data["model"]
-            data = {**data, "model": block.get("name", ""), "model_spec": block}
-        return data
-
-
-class PromptSpec(_Frozen):
-    """How rows without ``messages`` become a conversation."""
-
-    system: str | None = None
-    template: str | None = None
-
-
-class Params(_Frozen):
-    """Sampling parameters, sent on whichever route the endpoint speaks.
-
-    ``logprobs`` asks for token log-probabilities where the endpoint accepts them;
-    ``seed`` is sent as ``random_seed`` on the Mistral route and ``seed`` on the Azure one.
-    """
-
-    max_tokens: int = Field(DEFAULT_MAX_TOKENS, gt=0)
-    temperature: float | None = Field(None, ge=0, le=1.5)
-    top_p: float | None = Field(None, ge=0, le=1)
-    stop: list[str] | None = None
-    seed: int | None = Field(None, ge=0)
-    response_format: dict[str, Any] | None = None
-    safe_prompt: bool | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _stop_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-
-class JobSpec(_Frozen):
+class JobSpec(Frozen):
     """A validated job file."""
 
     input: str
@@ -341,73 +235,13 @@ class JobSpec(_Frozen):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def normalized_url(url: str) -> str:
-    """A deployment's URL as one spelling: scheme and host lower-cased, default port and trailing ``/`` gone."""
-    parts = urlsplit(url.strip())
-    host = (parts.hostname or "").lower()
-    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = host if port in (None, default) else f"{host}:{port}"
-    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
-
-
-class _JobLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise JobFileError(f"duplicate key `{key}` (lines {seen[key]} and {line})")
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _expanded_nodes(node: yaml.Node, limit: int) -> int:
-    """How many nodes ``node`` stands for once its aliases are expanded, counting no further than ``limit``."""
-    count, stack = 0, [node]
-    while stack:
-        current = stack.pop()
-        count += 1
-        if count > limit:
-            break
-        if isinstance(current, yaml.SequenceNode):
-            stack.extend(current.value)
-        elif isinstance(current, yaml.MappingNode):
-            for key, value in current.value:
-                stack.extend((key, value))
-    return count
-
-
 def parse_job(text: str, source: str = "job file") -> JobSpec:
     """Parse and validate YAML job text; raise ``JobFileError`` naming every bad key.
 
     A key given twice in a mapping is an error, and so is a file whose aliases expand past
     ``MAX_JOB_NODES`` nodes.
     """
-    try:
-        loader = _JobLoader(text)
-        try:
-            node = loader.get_single_node()  # type: ignore[no-untyped-call]
-            if node is not None and _expanded_nodes(node, MAX_JOB_NODES) > MAX_JOB_NODES:
-                raise JobFileError(f"{source}: expands to more than {MAX_JOB_NODES:,} YAML nodes (aliases "
-                                   "counted where they are used); a job file is a few dozen keys")
-            data = None if node is None else loader.construct_document(node)  # type: ignore[no-untyped-call]
-        finally:
-            loader.dispose()  # type: ignore[no-untyped-call]
-    except JobFileError as exc:
-        message = str(exc)
-        raise JobFileError(message if message.startswith(source) else f"{source}: {message}") from None
-    except yaml.YAMLError as exc:
-        raise JobFileError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise JobFileError(f"{source}: expected a mapping of keys at the top level")
-    return job_from_dict(data, source)
+    return job_from_dict(load_job_mapping(text, source), source)
 
 
 def job_from_dict(data: dict[str, Any], source: str = "job") -> JobSpec:

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import click
 
 import flows  # noqa: F401  (sets Prefect's offline defaults before Prefect loads)
+from flows.cli_summary import print_summary as _print_summary
 from flows.logs import adopt_console, configure, explained_failures, quiet_on_console, scrub
 
 
@@ -57,46 +58,6 @@ def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
     except JobStoppedError as exc:
         _print_summary(exc.summary)
         _fail(6 if exc.reason is StopReason.BUDGET else 5, str(exc))
-
-
-def _print_summary(result: dict[str, Any]) -> None:
-    rows, tokens, cost = result["rows"], result["tokens"], result["cost_usd"]
-    if result.get("already_complete"):
-        click.echo(f"already complete: {result['output']} holds every row of these inputs; nothing was sent")
-    reconciled = result.get("reconciled")
-    if reconciled:
-        click.echo("inputs changed since the last run: " + "; ".join(reconciled["changes"][:5]))
-        click.echo(f"reconciled by row id and content: {reconciled['answers_reused']} earlier answers kept for "
-                   f"their rows, {reconciled['answers_dropped']} dropped (their rows are gone or changed), "
-                   f"{reconciled['parts_rebuilt']} parts rebuilt")
-    click.echo(f"output:   {result['output']}")
-    click.echo(f"manifest: {result['manifest']}")
-    if result.get("report"):
-        click.echo(f"report:   {result['report']}")
-    of = f" of {result['input_rows']}" if result.get("input_rows") is not None and result.get("stopped") else ""
-    invalid = f", {rows['invalid']} invalid" if "invalid" in rows else ""
-    click.echo(f"rows:     {rows['total']}{of} ({rows['ok']} ok, {rows['filtered']} filtered, {rows['error']} error"
-               f"{invalid})"
-               + (f"; {result['journaled_rows']} of them in the journal, not yet in a part"
-                  if result.get("journaled_rows") else ""))
-    click.echo(f"tokens:   {tokens['prompt']:,} prompt + {tokens['completion']:,} completion")
-    by_model = ", ".join(f"{m} ${c:.4f}" for m, c in cost["by_model"].items())
-    click.echo(f"cost:     ${cost['total']:.4f} ({by_model}; prices as of {result['prices_as_of']})")
-    click.echo(f"time:     {result['wall_time_s']:.1f} s")
-    bad = result.get("bad_input")
-    if bad:
-        click.echo(f"bad input: {bad['rows']} rows (status error; each named in the output's `error` column):")
-        for line in bad["first"][:5]:
-            click.echo(f"  {line}")
-        if bad["rows"] > 5:
-            click.echo(f"  … and {bad['rows'] - 5} more (the manifest lists the first {len(bad['first'])})")
-    for name in result.get("empty_inputs", []):
-        click.echo(f"empty input file: {name}")
-    for url, found in (result.get("quota_learned") or {}).items():
-        says = found["job_says"]
-        click.echo(f"quota:    {url} admits ≈ {found['tokens_per_minute']:,} tokens/min and "
-                   f"{found['requests_per_minute']:,} requests/min; the job says {says['tokens_per_minute']:,} "
-                   f"and {says['requests_per_minute']:,} (set them in the job file, or `quota: auto`)")
 
 
 @click.group()
@@ -265,7 +226,8 @@ def simulate(host: str, port: int, model: str, tokenizer: str | None, context_to
              faults: str, hang_s: float, seed: int, revoke_after: int | None, metering: str, header_mode: str,
              retry_after: bool, foreign_share: float, invalid_answers: float, refuse_json_schema: bool) -> None:
     """Serve an Azure serverless Mistral lookalike on HOST:PORT until interrupted."""
-    from workers.simulator import SimConfig, parse_faults, serve
+    from flows.cli_simulate import serve_until_interrupted
+    from workers.simulator import SimConfig, parse_faults
     from workers.tokens import TokenCounter
 
     try:
@@ -280,21 +242,7 @@ def simulate(host: str, port: int, model: str, tokenizer: str | None, context_to
         TokenCounter(config.model_info())  # a tokenizer that cannot load fails here, not on the first request
     except (ValueError, KeyError) as exc:
         _fail(2, str(exc))
-
-    async def forever() -> None:
-        runner, url = await serve(config, host, port)
-        click.echo(f"simulator listening on {url} (model {model}, {tokens_per_minute:,} tokens/min, "
-                   f"{requests_per_minute:,} requests/min over {window_s:g}s windows)", err=False)
-        sys.stdout.flush()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
-    try:
-        asyncio.run(forever())
-    except KeyboardInterrupt:
-        pass
+    serve_until_interrupted(config, host, port)
 
 
 @main.command()

@@ -10,9 +10,10 @@ for this job, its estimate (``_estimate.json``). It shows:
 - cost over time (the estimate's expected cost beside it) and by model;
 - the totals, and the estimate beside the actuals.
 
-``plotted`` computes every drawn series from the metrics (pure); the page embeds them
-as JSON (``<script id="promptbatch-data">``) for anyone who wants the numbers, and
-``text_summary`` gives the compact version the summary artifact carries.
+``plotted`` (``flows.report_series``) computes every drawn series from the metrics
+(pure); the page embeds them as JSON (``<script id="promptbatch-data">``) for anyone
+who wants the numbers, and ``text_summary`` gives the compact version the summary
+artifact carries.
 """
 
 from __future__ import annotations
@@ -25,77 +26,13 @@ from typing import Any
 
 from flows.charts import PALETTE, STATUS_COLORS, Chart, nice_ticks, short, time_ticks
 from flows.logs import scrub
-from flows.metrics import LATENCY_BINS, LATENCY_EDGES_MS, Bucket, Recorder, percentile, read_all
+from flows.metrics import read_all
+from flows.report_series import plotted
 from flows.storage import Storage, redact_location
 from schemas import STATUSES
 
 REPORT = "_report.html"
 ESTIMATE = "_estimate.json"
-
-
-def plotted(recorder: Recorder) -> dict[str, Any]:
-    """Every series the report draws, as plain lists, and the totals they add up to."""
-    width = recorder.width
-    starts = sorted({k[0] for k in recorder.buckets})
-    at = {s: i for i, s in enumerate(starts)}
-    rows = {s: [0] * len(starts) for s in STATUSES}
-    hist_at = [[0] * LATENCY_BINS for _ in starts]
-    cost_at = [0.0] * len(starts)
-    by_model: dict[str, float] = {}
-    total = Bucket()
-    deployments: dict[str, dict[str, Any]] = {}
-    for (start, url, model), b in sorted(recorder.buckets.items()):
-        i = at[start]
-        for status in STATUSES:
-            rows[status][i] += b.by_status.get(status, 0)
-        hist_at[i] = [x + y for x, y in zip(hist_at[i], b.latency, strict=True)]
-        cost_at[i] += b.cost_usd
-        if model:
-            by_model[model] = by_model.get(model, 0.0) + b.cost_usd
-        total.merge(b)
-        if not url:
-            continue
-        d = deployments.setdefault(url, {"model": model, "t": [], "tokens_per_min": [], "requests_per_min": [],
-                                         "quota_tpm": [], "learned_tpm": [], "quota_rpm": [], "learned_rpm": [],
-                                         "responses_429": [], "pauses": []})
-        d["t"].append(start)
-        d["tokens_per_min"].append(b.tokens_charged * 60 / width)
-        d["requests_per_min"].append(b.requests * 60 / width)
-        d["quota_tpm"].append(b.quota_tpm)
-        d["learned_tpm"].append(b.learned_tpm)
-        d["quota_rpm"].append(b.quota_rpm)
-        d["learned_rpm"].append(b.learned_rpm)
-        d["responses_429"].append(b.responses_429)
-        d["pauses"].append(b.pauses)
-    for d in deployments.values():
-        # The first and last buckets are partly idle (the run starts and ends inside them): left out
-        # of the utilization when there are full buckets between them.
-        full = range(1, len(d["t"]) - 1)  # a run of two buckets or less is too short to tell
-        for kind, quota_key in (("tokens", "quota_tpm"), ("requests", "quota_rpm")):
-            quota = next((q for q in reversed(d[quota_key]) if q), None)
-            used = sum(d[f"{kind}_per_min"][i] for i in full) / len(full) if full else 0.0
-            d[f"{kind}_utilization"] = used / quota if quota and full else None
-            found = next((q for q in reversed(d[quota_key.replace("quota", "learned")]) if q), None)
-            d[f"{kind}_of_learned"] = used / found if found and found != quota and full else None
-    cumulative, running = [], 0.0
-    for c in cost_at:
-        running += c
-        cumulative.append(round(running, 6))
-    return {
-        "width_s": width, "starts": starts, "deployments": deployments,
-        "rows_per_min": {s: [n * 60 / width for n in rows[s]] for s in STATUSES}, "rows": rows,
-        "latency": {"edges_ms": list(LATENCY_EDGES_MS), "hist": total.latency,
-                    **{f"p{q}": [percentile(h, q / 100) for h in hist_at] for q in (50, 90, 99)}},
-        "cost": {"cumulative": cumulative, "by_model": {m: round(c, 6) for m, c in sorted(by_model.items())}},
-        # As the manifest counts them: `invalid` (a labeling job's) only when there are some.
-        "totals": {"rows": {"total": total.rows, **{s: n for s in STATUSES
-                                                    if (n := total.by_status.get(s, 0)) or s != "invalid"}},
-                   "prompt_tokens": total.prompt_tokens, "completion_tokens": total.completion_tokens,
-                   "cost_usd": round(total.cost_usd, 6), "requests_charged": total.requests,
-                   "tokens_charged": total.tokens_charged, "responses_429": total.responses_429,
-                   "pauses": total.pauses, "retries": max(0, total.attempts - total.rows),
-                   **{f"latency_p{q}_ms": percentile(total.latency, q / 100) for q in (50, 90, 99)}},
-    }
 
 
 def _share(value: float | None) -> str:

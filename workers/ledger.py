@@ -1,0 +1,290 @@
+"""Admission decisions for one deployment's quota, as pure functions of ``now``.
+
+The ``Ledger`` combines a ``Budget`` per kind (requests, tokens) with the ``WindowLog``
+copy of the server's window (``workers.windows``); it learns from the server's
+``x-ratelimit-*`` headers (usage it did not send — another client on the same deployment
+— is entered as foreign usage) and from 429s (one shared pause for the whole pool, sized
+by ``retry-after``), and keeps what it believes the deployment admits in a
+``QuotaEstimate`` (``workers.learning``). See ``workers.quota`` for the whole design.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from workers.learning import QuotaEstimate, QuotaMode, read_hints
+from workers.windows import Budget, Ticket, WindowLog
+
+
+class Ledger:
+    """Admission decisions for one deployment's quota; every method takes ``now``.
+
+    The limits in force are the stated quota times what ``estimate`` believes the
+    deployment admits (``workers.learning``). A fresh deployment takes a whole window at
+    once, so the window's allowance beyond the steady burst is released in ``BONUS_STEPS``
+    steps over ``BONUS_WINDOWS`` windows while no 429 says otherwise (slow start): a bucket
+    keeps what is not taken at once, so it is all credited to the job, at no more than a
+    quarter above the steady rate (answers never pile up in the client, and a job that
+    overstates its quota learns it at about its own level). The first 429 in that phase ends it.
+    """
+
+    BONUS_STEPS = 8
+    BONUS_WINDOWS = 4
+
+    def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
+                 burst_s: float | None = None, guard_s: float = 0.05, bypass_windows: float = 2.0,
+                 now: float = 0.0, mode: QuotaMode = "cap", first_window: bool = True):
+        self.stated_rpm, self.stated_tpm = requests_per_minute, tokens_per_minute
+        self.window_s = window_s
+        self.stated_window = (max(1, int(requests_per_minute / 60 * window_s)),
+                              max(1, int(tokens_per_minute / 60 * window_s)))
+        self.burst_s = min(1.0 if burst_s is None else burst_s, window_s)
+        self.estimate = QuotaEstimate(window_s, mode=mode, now=now)
+        self.window = WindowLog(*self.stated_window, window_s, guard_s)
+        self.requests = Budget(1.0, 1.0, now)
+        self.tokens = Budget(1.0, 1.0, now)
+        self._burst_share = 1.0
+        #: ``bucket``: the server is taken to be a bucket of one window, refilled at the rate (a
+        #: fresh deployment's whole window, then the steady rate, no window copy consulted);
+        #: ``sliding``: the strictest meter, the window copy consulted. The first 429 past the
+        #: slow start proves a bucket wrong.
+        self.model = "bucket" if first_window else "sliding"
+        #: When the last 429 taught something: the 429s of requests sent before it teach nothing new.
+        self._learned_at = -1e18
+        self._started = now
+        self._apply(now)
+        self.requests.level = max(1.0, self.stated_rpm / 60 * self.burst_s)
+        self.tokens.level = max(1.0, self.stated_tpm / 60 * self.burst_s)
+        self.bypass_windows = bypass_windows
+        self.paused_until = now
+        self.foreign_tokens = 0
+        self.pauses = 0
+        self.total_requests = 0
+        self.total_tokens = 0
+        #: 429s, and the admissions they refused (``total_*`` minus these: what the quota was charged).
+        self.rate_limited_responses = 0
+        self.refused_tokens = 0
+        #: The first window's allowance still to be released beyond the steady burst (slow start).
+        self.bonus_left = (self.window.request_limit - self.requests.level,
+                           self.window.token_limit - self.tokens.level) if first_window else (0.0, 0.0)
+        self._bonus_step = tuple(max(0.0, b) / self.BONUS_STEPS for b in self.bonus_left)
+        self._next_bonus = now
+
+    # --- what is in force ---------------------------------------------------------------
+
+    @property
+    def charged_tokens(self) -> int:
+        """Tokens the deployment's quota was charged (prompt + ``max_tokens`` of every request it took)."""
+        return self.total_tokens - self.refused_tokens
+
+    @property
+    def charged_requests(self) -> int:
+        """Requests the deployment's quota took (admitted, less those it refused with 429)."""
+        return self.total_requests - self.rate_limited_responses
+
+    @property
+    def learned_per_minute(self) -> tuple[int, int]:
+        """The requests/min and tokens/min the deployment is believed to admit."""
+        return round(self.stated_rpm * self.estimate.requests), round(self.stated_tpm * self.estimate.tokens)
+
+    def _apply(self, now: float) -> None:
+        """Put the estimate into the window copy and the budgets."""
+        # Rates from the whole-number window limits, as a server computes them, a hair under: a
+        # bucket refilled a fraction of a token faster than the server's refuses at its edge.
+        rps = self.stated_window[0] / self.window_s * self.estimate.requests * 0.998
+        tps = self.stated_window[1] / self.window_s * self.estimate.tokens * 0.998
+        self.window.request_limit = max(1, int(self.stated_window[0] * self.estimate.requests))
+        self.window.token_limit = max(1, int(self.stated_window[1] * self.estimate.tokens))
+        for budget, rate in ((self.requests, rps), (self.tokens, tps)):
+            budget._refill(now)
+            budget.per_second = rate
+            span = self.window_s if self.model == "bucket" else self.burst_s * self._burst_share
+            budget.capacity = max(1.0, rate * span)
+
+    def _tick(self, now: float) -> None:
+        if self.bonus_left != (0.0, 0.0):
+            # A bucket holds a window at most: refills saved up while nothing was sent (the key
+            # probe, the first answers) come out of what is still to be released.
+            self.requests._refill(now)
+            self.tokens._refill(now)
+            self.bonus_left = (max(0.0, min(self.bonus_left[0], self.window.request_limit - self.requests.level)),
+                               max(0.0, min(self.bonus_left[1], self.window.token_limit - self.tokens.level)))
+        if self.bonus_left != (0.0, 0.0) and now >= self._next_bonus:
+            self._next_bonus = now + self.window_s * self.BONUS_WINDOWS / self.BONUS_STEPS
+            steps = [min(left, step) for left, step in zip(self.bonus_left, self._bonus_step, strict=True)]
+            self.requests.credit(now, steps[0])
+            self.tokens.credit(now, steps[1])
+            self.bonus_left = (max(0.0, self.bonus_left[0] - steps[0]), max(0.0, self.bonus_left[1] - steps[1]))
+            if min(self._bonus_step) <= 0 or max(self.bonus_left) <= 1e-9:
+                self.bonus_left = (0.0, 0.0)
+        if self.estimate.probe(now):
+            self._apply(now)
+
+    # --- admission ----------------------------------------------------------------------
+
+    def delay(self, now: float, tokens: int) -> float:
+        """Seconds to wait before a request of ``tokens`` may go (0: now)."""
+        self._tick(now)
+        return self._wait(now, tokens)
+
+    def _wait(self, now: float, tokens: int) -> float:
+        """``delay`` once ``_tick`` has run for ``now``."""
+        wait = max(
+            self.paused_until - now,
+            self.requests.wait(now, 1),
+            self.tokens.wait(now, tokens),
+            self.window.wait(now, tokens) if self.model == "sliding" else 0.0,
+        )
+        return wait if wait > 1e-6 else 0.0  # float residue of a refill is not a wait
+
+    def choose(self, now: float, costs: Sequence[int], oldest_waited_s: float) -> tuple[int | None, float]:
+        """Which of the waiting requests (oldest first) may go now.
+
+        The oldest goes as soon as it fits. Until it has waited ``bypass_windows``
+        windows, a younger one that fits the room left at the window's edge may go
+        first (the oldest cannot use that room yet anyway); after that, nobody overtakes
+        it. Returns the index and 0, or ``None`` and how long to wait before asking again.
+        """
+        self._tick(now)  # once: the candidates are weighed against the same state
+        first = self._wait(now, costs[0])
+        if first == 0.0 and (self.model != "sliding" or len(costs) == 1):
+            return 0, 0.0
+        # While the first window is being released, ask again at its next step.
+        step = self._next_bonus - now if self.bonus_left != (0.0, 0.0) and self._next_bonus > now else first
+        bypass_left = self.window.window_s * self.bypass_windows - oldest_waited_s
+        if bypass_left <= 1e-6:
+            return (0, 0.0) if first == 0.0 else (None, min(first, step))
+        soonest, best = first, 0 if first == 0.0 else None
+        for index in range(1, len(costs)):
+            if best is not None and costs[index] <= costs[best]:
+                continue
+            wait = self._wait(now, costs[index])
+            if wait == 0.0:
+                if self.model != "sliding":
+                    return index, 0.0
+                best = index
+            soonest = min(soonest, wait)
+        if best is not None:
+            return best, 0.0
+        return None, min(soonest, bypass_left, step)
+
+    def admit(self, now: float, tokens: int) -> Ticket:
+        """Charge one request of ``tokens``; call when ``delay`` says 0."""
+        self.requests.take(now, 1)
+        self.tokens.take(now, tokens)
+        entry = self.window.add(now, 1, tokens)
+        self.total_requests += 1
+        self.total_tokens += tokens
+        return Ticket(entry, *self.window.remaining, self.total_requests, self.total_tokens, self.tokens.level,
+                      self.window.request_limit)
+
+    # --- what the server says -----------------------------------------------------------
+
+    def observe(self, ticket: Ticket, remaining_requests: int | None, remaining_tokens: int | None,
+                limit_requests: int | None = None, limit_tokens: int | None = None, now: float | None = None) -> None:
+        """Reconcile with the server's own count of what its window has left after this request.
+
+        The values are hints (``workers.learning.read_hints``): implausible ones are dropped,
+        a stated limit is evidence of the real quota, and per-minute figures say nothing
+        about the window's usage. The server may have seen any of the requests admitted
+        since this one (they race in flight), so only a shortfall beyond all of those is
+        certain to be someone else's usage of the deployment; it is entered at the
+        request's admission time, at most a quarter of the window per reading.
+        """
+        hints, scale = read_hints(remaining_requests, remaining_tokens, limit_requests, limit_tokens,
+                                  window_requests=self.stated_window[0], window_tokens=self.stated_window[1],
+                                  window_s=self.window_s)
+        at = ticket.entry.stamp if now is None else now
+        limits = (None if hints.limit_tokens is None else hints.limit_tokens / self.stated_window[1],
+                  None if hints.limit_requests is None else hints.limit_requests / self.stated_window[0])
+        if scale == "window" and min((x for x in limits if x is not None), default=1.0) < 0.5:
+            fits = hints.limit_tokens is not None and hints.remaining_tokens is not None and \
+                self._fits_the_window(ticket, hints.limit_tokens - hints.remaining_tokens)
+            if not fits:
+                limits = (None, None)
+        if self.estimate.on_limit(at, *limits):
+            self._apply(at)
+        if scale != "window" or self.model != "sliding":
+            return  # usage of another tenant shows only in figures of a window like the copy's
+        since_requests = self.total_requests - ticket.total_requests
+        since_tokens = self.total_tokens - ticket.total_tokens
+        # A request limit moved while this request was out (a stated limit can move it five-fold at
+        # once): its remaining count compares with nothing. Tokens are compared as admitted: after
+        # a cut the difference is booked as others' usage for one window, a cautious reading that
+        # spares the deployment a 429 when the cut came from another tenant's burst.
+        gap_requests = (ticket.remaining_requests - hints.remaining_requests - since_requests
+                        if hints.remaining_requests is not None and ticket.request_limit == self.window.request_limit
+                        else 0)
+        gap_tokens = (ticket.remaining_tokens - hints.remaining_tokens - since_tokens
+                      if hints.remaining_tokens is not None else 0)
+        gap_requests = min(gap_requests, self.window.request_limit // 4)
+        gap_tokens = min(gap_tokens, self.window.token_limit // 4)
+        if gap_requests > 0 or gap_tokens > 0:
+            self.foreign_tokens += max(0, gap_tokens)
+            self.window.add(ticket.entry.stamp, max(0, gap_requests), max(0, gap_tokens))
+
+    def _fits_the_window(self, ticket: Ticket, server_used: int) -> bool:
+        """Whether the server's usage figure is what this client sent over the job's window.
+
+        A stated limit far below the job's means a lower quota, or the same quota over a
+        shorter window (a 1 s window's limit is a tenth of a 10 s one's): only when the
+        server's count of what it holds matches what this client sent over the job's
+        window is it the first.
+        """
+        end = ticket.entry.stamp
+        ours = self.window.tokens_between(end - self.window_s, end)
+        return server_used > 0 and abs(ours - server_used) <= 0.25 * server_used
+
+    def rate_limited(self, now: float, ticket: Ticket, retry_after_s: float | None) -> bool:
+        """A 429: refund the request, learn from it, pause everyone until the server has room.
+
+        In the slow start, the first 429 only ends it (this deployment does not take a
+        whole window at once). Otherwise what the window copy held is evidence of the
+        real quota (``QuotaEstimate.on_429``), the copy's guard doubles (up to 1 s), bursts
+        are halved (down to a quarter second's worth), and the pool resumes at the steady
+        rate. Without ``retry-after`` the pause lasts until the copy, with the new
+        limits, has room for the request. Returns whether the estimate went down.
+        """
+        refused = ticket.entry.tokens  # the refund below zeroes the entry
+        self.window._expire(now)
+        held = self.window.tokens  # what the last window held, the refused request included
+        self.window.refund(ticket.entry)
+        self.rate_limited_responses += 1
+        self.refused_tokens += refused
+        learned, probing = self._lesson(now, ticket, held, refused)
+        if now >= self.paused_until:
+            self._burst_share = max(0.25, self._burst_share / 2)
+            if not probing:  # the slow start's 429 says nothing of late stamps
+                self.window.widen_guard()
+        self._apply(now)
+        pause = retry_after_s
+        if pause is None:
+            pause = min(self.window.window_s, max(0.25, self.window.wait(now, ticket.entry.tokens or 1)))
+        if now + pause > self.paused_until:
+            self.pauses += 1
+            self.paused_until = now + pause
+        self.requests.drain(now)
+        self.tokens.drain(now)
+        return learned
+
+    def _lesson(self, now: float, ticket: Ticket, held: int, refused: int) -> tuple[bool, bool]:
+        """What a 429 of ``ticket`` (``refused`` tokens) teaches, the window copy having ``held`` tokens:
+        (the estimate went down, it was the slow start's answer)."""
+        if ticket.entry.stamp < self._learned_at:
+            return False, False  # sent before the last lesson was drawn: the same evidence again
+        self._learned_at = now
+        if self.model == "bucket" or self.bonus_left != (0.0, 0.0):
+            # The slow start's answer: says nothing of late stamps or bursts.
+            self.bonus_left = (0.0, 0.0)
+            # A bucket like the server's refuses once a window plus the refill since the start
+            # is spent; a log (or fixed windows) once a window is. Refused nearer the second:
+            # not such a bucket after all (or not at this level), the strict model from now on.
+            refill = self.tokens.per_second * min(self.window_s, now - self._started)
+            if held < self.window.token_limit + refill / 2 or ticket.bucket_room >= 0.05 * self.window.token_limit:
+                self.model = "sliding"
+            return False, True
+        # The server held at least what the copy holds, and less than that plus the refused
+        # request: take the middle.
+        used_tokens = (self.window.tokens + refused / 2) / self.stated_window[1]
+        used_requests = (self.window.requests + 0.5) / self.stated_window[0]
+        return self.estimate.on_429(now, used_tokens, used_requests), False

@@ -21,7 +21,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 import structlog
@@ -31,6 +31,9 @@ from flows.journal import journal_segments, segment_job_hash
 from flows.parts import META_JOB_HASH, META_SHARD_ROWS, PartSummary, part_shard
 from flows.storage import Storage, redact_location
 from schemas import STATUSES, InputSchema, JobSpec
+
+if TYPE_CHECKING:
+    from flows.execution import Ran
 
 MANIFEST = "_manifest.json"
 #: Where the slices of a scaled-out run leave their notes, in the output folder.
@@ -45,14 +48,18 @@ class OutputInUseError(ValueError):
 
 
 def build_manifest(spec: JobSpec, inputs: list[str], parts: list[PartSummary], *, status: str, shard_rows: int,
-                   wall_time_s: float, total_rows: int | None = None, stopped: str | None = None,
-                   bad_input: list[str] | None = None, bad_input_rows: int = 0,
-                   fingerprints: list[dict[str, Any]] | None = None, pending: PartSummary | None = None,
-                   run_date: str | None = None, columns: InputSchema | None = None) -> dict[str, Any]:
-    """The job's totals, summed from its parts (and ``pending``: finished rows still in the journal).
+                   wall_time_s: float, fingerprints: list[dict[str, Any]] | None = None, run_date: str | None = None,
+                   columns: InputSchema | None = None, ran: Ran | None = None,
+                   reconciled: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The job's totals, summed from its parts — the one place a manifest is made.
 
-    ``columns``: the passthrough columns every part has (``passthrough``), reused by later runs.
+    While a run goes, from its published parts; at its end, from what its slices did
+    (``ran``: the input's length, why it stopped, bad input, finished rows still in the
+    journal, what was learned of the quotas, which worker did which shards).
+    ``columns``: the passthrough columns every part has (``passthrough``), reused by later
+    runs. ``reconciled``: what matching an edited input's rows by identity did.
     """
+    pending = ran.pending if ran is not None else None
     parts = sorted(parts, key=lambda p: p.shard)
     counted = parts + ([pending] if pending is not None else [])
     by_status = {s: sum(p.by_status.get(s, 0) for p in counted) for s in STATUSES}
@@ -95,15 +102,31 @@ def build_manifest(spec: JobSpec, inputs: list[str], parts: list[PartSummary], *
         manifest["passthrough"] = columns.to_json()
     if fingerprints is not None:
         manifest["input_fingerprints"] = fingerprints
-    if pending is not None:
-        manifest["journaled_rows"] = pending.rows
-    if total_rows is not None:
-        manifest["input_rows"] = total_rows
-    if stopped is not None:
-        manifest["stopped"] = stopped
-    if bad_input_rows:
-        manifest["bad_input"] = {"rows": bad_input_rows, "first": bad_input or []}
+    if ran is not None:
+        manifest.update(_ran(ran))
+    if reconciled:
+        manifest["reconciled"] = reconciled
     return manifest
+
+
+def _ran(ran: Ran) -> dict[str, Any]:
+    """The manifest's entries of what the run's slices did."""
+    entries: dict[str, Any] = {}
+    if ran.pending is not None:
+        entries["journaled_rows"] = ran.pending.rows
+    if ran.input_rows is not None:
+        entries["input_rows"] = ran.input_rows
+    if ran.stopped is not None:
+        entries["stopped"] = ran.stopped
+    if ran.bad_input_rows:
+        entries["bad_input"] = {"rows": ran.bad_input_rows, "first": ran.bad_input}
+    if ran.empty_inputs:
+        entries["empty_inputs"] = ran.empty_inputs
+    if ran.by_worker:
+        entries["workers"] = ran.by_worker
+    if ran.quota_learned:
+        entries["quota_learned"] = ran.quota_learned
+    return entries
 
 
 def write_manifest(storage: Storage, folder: str, manifest: dict[str, Any]) -> str:

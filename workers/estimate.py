@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from schemas import APPROXIMATE_SPREAD
+from schemas import APPROXIMATE_SPREAD, over_context
 
 #: Rows named one by one in an estimate's lists; the rest are counted.
 LISTED = 20
@@ -75,9 +75,9 @@ class Counts:
 
     def add(self, where: str, prompt_tokens: int, max_tokens: int) -> bool:
         """Count one row; ``False`` when it will not be sent (it does not fit the context)."""
-        if prompt_tokens + max_tokens > self.context_tokens:
-            self.over_context.add(f"{where}: prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} exceeds "
-                                  f"the {self.context_tokens}-token context of {self.model}")
+        refused = over_context(where, prompt_tokens, max_tokens, self.context_tokens, self.model)
+        if refused is not None:
+            self.over_context.add(refused.detail)
             return False
         self.rows += 1
         self.prompt_tokens += prompt_tokens

@@ -20,7 +20,7 @@ from typing import Any
 from schemas import Status
 from schemas.plan import Planned, Refusal
 from workers import labels
-from workers.client import Completion
+from workers.completion import Completion
 from workers.errors import ContentFilteredError, EndpointError, JobAbortedError, RateLimitedError, RowFailedError
 from workers.lane import Lane, Waiting
 from workers.outcome import Draft, Outcome

@@ -14,7 +14,8 @@ from schemas import Params, Price, PromptRow
 from schemas.plan import Planned, Refusal, plan_counted, untokenizable
 from schemas.response import ResponseSpec
 from workers.calibration import PromptScale
-from workers.client import Completion, EndpointClient
+from workers.client import EndpointClient
+from workers.completion import Completion
 from workers.errors import EndpointError, JobAbortedError
 from workers.outcome import Draft
 from workers.quota import Quota

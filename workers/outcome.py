@@ -15,7 +15,7 @@ from typing import Any
 
 from schemas import STATUSES, Price, Status
 from schemas.plan import Refusal
-from workers.client import Completion
+from workers.completion import Completion
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,9 @@ import structlog
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.inputs import Item, Reading, ShardRead, iter_items
+from flows.inputs import Reading, ShardRead, iter_items
 from flows.storage import storage_for
-from schemas import BadRowError, JobSpec, ModelInfo, PromptRow
+from schemas import BadRowError, JobSpec, ModelInfo, PromptRow, RowRead
 from workers import TokenizeError
 from workers.counting import CountingPool
 from workers.counting import Counts as Tokenized
@@ -73,7 +73,7 @@ class _Rows:
             rows = self._kept(batch)
             yield rows, [row.messages for row in rows]
 
-    def _kept(self, batch: list[Item | ShardRead]) -> list[PromptRow]:
+    def _kept(self, batch: list[RowRead | ShardRead]) -> list[PromptRow]:
         rows: list[PromptRow] = []
         for item in batch:
             if isinstance(item, BadRowError):

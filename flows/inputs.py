@@ -19,9 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flows.storage import LocalStorage, Storage, redact_location
-from schemas import BadRowError, InputColumns, InputSchema, JobSpec, PromptRow, ShardLayout, build_row
+from schemas import BadRowError, InputColumns, InputSchema, JobSpec, RowRead, ShardLayout, build_row
 
-Item = PromptRow | BadRowError
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -178,7 +177,7 @@ class ShardRead:
 
 def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 512, *,
                skip: Callable[[int], bool] | None = None, reading: Reading | None = None,
-               layout: ShardLayout | None = None, mixed_ids: bool = False) -> Iterator[list[Item | ShardRead]]:
+               layout: ShardLayout | None = None, mixed_ids: bool = False) -> Iterator[list[RowRead | ShardRead]]:
     """Every row of every file, numbered in order and built into requests, in batches.
 
     Rows for which ``skip(seq)`` holds are counted but neither built nor yielded (they
@@ -188,7 +187,7 @@ def iter_items(spec: JobSpec, storage: Storage, files: list[str], batch: int = 5
     """
     seq = 0
     instruction = spec.response.instruction() if spec.response is not None else None
-    chunk: list[Item | ShardRead] = []
+    chunk: list[RowRead | ShardRead] = []
     digest = ShardDigest()
     for location in files:
         first = seq

@@ -66,7 +66,7 @@ def part_columns(spec: JobSpec, columns: InputSchema) -> pa.Schema:
 
 
 async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_LOOKAHEAD,
-                  progress: Earlier | None = None, checkpoint: Checkpoint | None = None,
+                  earlier: Earlier | None = None, checkpoint: Checkpoint | None = None,
                   handle_signals: bool = True, layout: ShardLayout | None = None,
                   credits: Sequence[Credit] | None = None, listeners: Sequence[Listener] = (),
                   rows_total: int | None = None, columns: InputSchema | None = None,
@@ -87,7 +87,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     the run's recorder (``flows.watch``), saved now and then and at the end through
     ``save_metrics``. ``clock``: what the engine and the quotas read the time from.
     """
-    progress = progress or Earlier(spec.shard_rows)
+    progress = earlier or Earlier(spec.shard_rows)
     layout = layout or progress.layout
     lanes = await _lanes(spec, credits, learners, clock)
     spend = Spend(_budget(spec.budget_usd, progress.spent_usd, layout), progress.spent_usd)

@@ -61,7 +61,7 @@ async def process_rows(spec: JobSpec, files: list[str], prepared: Prepared, day:
     rows_total = await asyncio.to_thread(count_rows, storage_for(spec.input), files)
     watchers: list[Listener] = [ArtifactProgress(rows_before=earlier.rows), *progress_listeners]
     metrics, save = await _metrics_of(spec, "run")
-    return await execute(spec, files, progress=earlier, checkpoint=checkpoint, listeners=watchers,
+    return await execute(spec, files, earlier=earlier, checkpoint=checkpoint, listeners=watchers,
                          rows_total=rows_total, columns=prepared.columns, metrics=metrics, save_metrics=save)
 
 
@@ -114,7 +114,7 @@ async def process_slice(spec: JobSpec, files: list[str], progress: Earlier, inde
     async with get_client() as client:
         leasers = [Leaser(client, shared_limits(e)) for e in spec.all_endpoints]
         layout = progress.layout.slice(index, count)
-        execution = await execute(spec, files, progress=progress, layout=layout,
+        execution = await execute(spec, files, earlier=progress, layout=layout,
                                   metrics=metrics, save_metrics=save,
                                   credits=[leaser.credit() for leaser in leasers],
                                   learners=[leaser.learned for leaser in leasers],

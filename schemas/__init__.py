@@ -32,7 +32,7 @@ from schemas.passthrough import (
 )
 from schemas.plan import Planned, Refusal, RefusalKind, over_context, plan_counted
 from schemas.response import ResponseSpec
-from schemas.rows import BadRowError, PromptRow, build_row, derive_id, request_digest
+from schemas.rows import BadRowError, PromptRow, RowRead, build_row, derive_id, request_digest
 from schemas.shards import ShardLayout
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "Refusal",
     "RefusalKind",
     "ResponseSpec",
+    "RowRead",
     "ShardLayout",
     "Status",
     "TokenizerName",

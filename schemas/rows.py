@@ -57,6 +57,11 @@ class PromptRow:
     digest: str = ""
 
 
+
+#: One row as read from the input: ready to plan, or why it could not be built.
+RowRead = PromptRow | BadRowError
+
+
 def build_row(record: Mapping[str, Any], seq: int, where: str, prompt: PromptSpec, params: Params, *,
               mixed_ids: bool = False, instruction: str | None = None) -> PromptRow:
     """Validate one input record and turn it into a ``PromptRow``; ``BadRowError`` if it cannot be sent.

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 
 import structlog
 
-from schemas import BadRowError, PromptRow
+from schemas import BadRowError, PromptRow, RowRead
 from schemas.plan import Refusal, unreadable
 from workers.errors import JobAbortedError
 from workers.exchange import Sender
@@ -36,7 +36,6 @@ from workers.stopping import StopReason
 
 log = structlog.get_logger(__name__)
 
-Item = PromptRow | BadRowError
 #: Rows a deployment's head keeps counted and ready, to fill the room at a window's edge.
 DEFAULT_LOOKAHEAD = 12
 Sink = Callable[[Outcome], Awaitable[None]]
@@ -106,7 +105,7 @@ class Engine:
         for task in late:
             task.cancel()
 
-    async def run(self, rows: AsyncIterable[Item], sink: Sink) -> Tally:
+    async def run(self, rows: AsyncIterable[RowRead], sink: Sink) -> Tally:
         """Process every row; return the totals. Raises ``JobAbortedError`` on a fatal answer."""
         inbox: asyncio.Queue[object] = asyncio.Queue(maxsize=256)
         # Unbounded, so a finished row is never held up (each worker hands over one at a time).

@@ -171,7 +171,7 @@ def test_kill_9_keeps_labels_and_links_and_the_estimate_matches_the_bill(
     earlier = read_earlier(out, spec.output, spec.shard_rows, None, files=[spec.input], inputs_unchanged=True,
                            job_hash=spec.job_hash(), retry_errors=False)
     assert earlier.rows > 0
-    asyncio.run(execute(spec, [spec.input], progress=earlier, handle_signals=False))
+    asyncio.run(execute(spec, [spec.input], earlier=earlier, handle_signals=False))
     stats = sim.stats()
 
     rows = ds.dataset(tmp_path / "out", format="parquet").to_table().to_pylist()

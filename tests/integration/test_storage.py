@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -100,7 +101,7 @@ def test_parse_blob_location(location: str, account_url: str, container: str, pa
     assert (loc.account_url, loc.container, loc.path, loc.sas) == (account_url, container, path, sas)
 
 
-def test_local_publish_is_atomic_and_globs(tmp_path: Path) -> None:
+def test_local_publish_is_atomic_and_globs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = LocalStorage()
     target = str(tmp_path / "out" / "part-000000.parquet")
     store.write_bytes(target, b"first")
@@ -108,3 +109,18 @@ def test_local_publish_is_atomic_and_globs(tmp_path: Path) -> None:
     assert Path(target).read_bytes() == b"second"
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["part-000000.parquet"]  # no temp files left
     assert store.expand(str(tmp_path / "out")) == [target]
+
+    # A publish that dies half way (a full disk, a kill) leaves the earlier part whole, and no temp file.
+    source = tmp_path / "new.parquet"
+    source.write_bytes(b"third, longer than the part it replaces")
+
+    def half_then_fail(src: Any, dst: Any, *args: Any) -> None:
+        dst.write(src.read(5))
+        dst.flush()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("shutil.copyfileobj", half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        store.publish(str(source), target)
+    assert Path(target).read_bytes() == b"second"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["part-000000.parquet"]

@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from azure.storage.blob import BlobServiceClient
 
+from flows.settings import Settings
 from flows.storage_errors import StorageError
 
 
@@ -29,17 +29,18 @@ class BlobLocation:
     sas: str | None = None
 
 
-def parse_blob_location(location: str, env: dict[str, str] | None = None) -> BlobLocation:
+def parse_blob_location(location: str, settings: Settings | None = None) -> BlobLocation:
     """Split a blob location into account URL, container and path (see the module docstring)."""
-    env = dict(os.environ) if env is None else env
+    settings = settings or Settings.read()
     if location.startswith("az://"):
         container, _, path = location[len("az://"):].partition("/")
-        account_url = env.get("AZURE_STORAGE_ACCOUNT_URL") or connection_account_url(env)
+        account_url = settings.storage_account_url or connection_account_url(settings)
         if not account_url:
             raise StorageError(
                 f"{location}: set AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_URL to say which account"
             )
-        return BlobLocation(account_url.rstrip("/"), container, path, env.get("AZURE_STORAGE_SAS_TOKEN"))
+        sas = settings.storage_sas_token
+        return BlobLocation(account_url.rstrip("/"), container, path, sas.get_secret_value() if sas else None)
     parts = urlsplit(location)
     segments = parts.path.lstrip("/").split("/")
     host = parts.hostname or ""
@@ -51,17 +52,17 @@ def parse_blob_location(location: str, env: dict[str, str] | None = None) -> Blo
     return BlobLocation(account_url, container, "/".join(segments[1:]), parts.query or None)
 
 
-def connection_account_url(env: dict[str, str]) -> str | None:
-    """The account URL of the connection string in ``env``, if there is one."""
-    conn = env.get("AZURE_STORAGE_CONNECTION_STRING")
-    if not conn:
+def connection_account_url(settings: Settings) -> str | None:
+    """The account URL of the environment's connection string, if there is one."""
+    conn = settings.storage_connection_string
+    if conn is None:
         return None
-    return BlobServiceClient.from_connection_string(conn).url.rstrip("/")
+    return BlobServiceClient.from_connection_string(conn.get_secret_value()).url.rstrip("/")
 
 
 def with_path(location: str, path: str) -> str:
     """``location`` (az:// or URL form, SAS kept) pointing at another blob of its container."""
-    loc = parse_blob_location(location, env={"AZURE_STORAGE_ACCOUNT_URL": "-"})
+    loc = parse_blob_location(location, Settings(storage_account_url="-"))
     if location.startswith("az://"):
         return f"az://{loc.container}/{path}"
     return f"{loc.account_url}/{loc.container}/{path}" + (f"?{loc.sas}" if loc.sas else "")

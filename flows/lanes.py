@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pydantic import SecretStr
+
 from flows.errors import JobError
 from flows.logs import register_secret
+from flows.settings import Settings
 from schemas import EndpointSpec, ModelInfo, Price, ResponseSpec
 from workers import EndpointClient, Lane, Quota, TokenCounter
 from workers.credit import Credit
 
 
-async def api_key(endpoint: EndpointSpec) -> str:
+async def api_key(endpoint: EndpointSpec) -> SecretStr:
     """A deployment's key, read now — from its Prefect Secret block or its environment variable —
     and registered for redaction before anything can log it."""
     if endpoint.api_key_secret:
@@ -25,17 +27,18 @@ async def api_key(endpoint: EndpointSpec) -> str:
             raise JobError(f"Prefect Secret block {endpoint.api_key_secret!r} not found: it must hold the "
                            "deployment's key") from exc
         key = str(block.get()).strip()
+        register_secret(key)
+        secret = SecretStr(key) if key else None
         where = f"Prefect Secret block {endpoint.api_key_secret!r}"
     else:
-        key = os.environ.get(endpoint.api_key_env, "").strip()
+        secret = Settings.read().key(endpoint.api_key_env)
         where = f"environment variable {endpoint.api_key_env}"
-    if not key:
+    if secret is None:
         raise JobError(f"{where} is not set: it must hold the deployment's key")
-    register_secret(key)
-    return key
+    return secret
 
 
-def lane_for(endpoint: EndpointSpec, key: str, price: Price | None = None, credit: Credit | None = None,
+def lane_for(endpoint: EndpointSpec, key: SecretStr | str, price: Price | None = None, credit: Credit | None = None,
              on_learned: Callable[[float, float], Awaitable[None]] | None = None,
              model: ModelInfo | None = None, response: ResponseSpec | None = None,
              clock: Callable[[], float] | None = None) -> Lane:

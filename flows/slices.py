@@ -34,6 +34,7 @@ from flows.prepare import Prepared, decide_columns, fingerprints, list_inputs, l
 from flows.progress import PROGRESS_KEY, ArtifactProgress
 from flows.progress import listeners as progress_listeners
 from flows.resume import Earlier, read_earlier
+from flows.settings import Settings
 from flows.storage import redact_location, storage_for
 from schemas import InputSchema, JobSpec
 
@@ -42,7 +43,7 @@ log = structlog.get_logger(__name__)
 
 def worker_name() -> str:
     """The Prefect worker running this process (its name, or host and pid)."""
-    return os.environ.get("PREFECT__WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+    return Settings.read().worker_name or f"{socket.gethostname()}:{os.getpid()}"
 
 
 @task(name="process-rows", cache_policy=NO_CACHE)

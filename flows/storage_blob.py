@@ -10,7 +10,6 @@ whole batch per call. Every call goes through ``translated``: the SDK's errors b
 from __future__ import annotations
 
 import fnmatch
-import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
 
 from flows.blob_locations import connection_account_url, join_with_query, parse_blob_location, with_path
 from flows.logs import register_secret, secrets_of_connection_string
+from flows.settings import Settings
 from flows.storage_errors import StorageError, client_options, translated
 
 
@@ -37,15 +37,16 @@ class BlobStorage:
     @classmethod
     def for_location(cls, location: str) -> BlobStorage:
         """Connect to the account a location names, with the credential the environment gives."""
-        loc = parse_blob_location(location)
-        conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        settings = Settings.read()
+        loc = parse_blob_location(location, settings)
+        conn = settings.storage_connection_string
         register_secret(loc.sas)
-        secrets_of_connection_string(conn)
-        options = client_options()
+        secrets_of_connection_string(conn.get_secret_value() if conn else None)
+        options = client_options(settings.storage_retries)
         if loc.sas:
             service = BlobServiceClient(loc.account_url, credential=loc.sas, **options)
-        elif conn and connection_account_url(dict(os.environ)) == loc.account_url:
-            service = BlobServiceClient.from_connection_string(conn, **options)
+        elif conn and connection_account_url(settings) == loc.account_url:
+            service = BlobServiceClient.from_connection_string(conn.get_secret_value(), **options)
         else:
             from azure.identity import DefaultAzureCredential
 

@@ -9,7 +9,6 @@ process's registry of secrets (``workers.redact.REDACTOR``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceNotFoundError, ServiceRequestError, ServiceResponseError
 from azure.storage.blob import ExponentialRetry
 
+from flows.settings import Settings
 from workers.redact import REDACTOR
 
 
@@ -24,10 +24,10 @@ class StorageError(RuntimeError):
     """Storage could not be reached or refused an operation; the message says which location."""
 
 
-def client_options() -> dict[str, Any]:
+def client_options(retries: int) -> dict[str, Any]:
     """Retries and timeouts for every blob call (see the module docstring)."""
     return {
-        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=retries(),
+        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=retries,
                                          random_jitter_range=1),
         "connection_timeout": 20,
         "read_timeout": 120,
@@ -36,7 +36,7 @@ def client_options() -> dict[str, Any]:
 
 def retries() -> int:
     """How many times a blob call is retried (``PROMPTBATCH_STORAGE_RETRIES``, default 6)."""
-    return int(os.environ.get("PROMPTBATCH_STORAGE_RETRIES", "6"))
+    return Settings.read().storage_retries
 
 
 @contextmanager

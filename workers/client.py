@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import structlog
 from httpx_aiohttp import AiohttpTransport
+from pydantic import SecretStr
 
 from schemas import EndpointSpec, Params
 from schemas.response import ResponseSpec
@@ -52,16 +53,17 @@ log = structlog.get_logger(__name__)
 class EndpointClient:
     """Sends chat completions to one deployment; raises ``workers.errors`` types only."""
 
-    def __init__(self, spec: EndpointSpec, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 response: ResponseSpec | None = None):
+    def __init__(self, spec: EndpointSpec, api_key: SecretStr | str, *,
+                 transport: httpx.AsyncBaseTransport | None = None, response: ResponseSpec | None = None):
         self.spec = spec
         self.logprobs_accepted = True
         #: A labeling job's structured-output modes still open to this endpoint.
         self.modes = Modes(response, spec.api) if response is not None else None
         self._mode_settled = self.modes is None or self.modes.final
         self._mode_probe = asyncio.Lock()
-        self._secrets = (api_key,)
-        headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+        self._secrets = (key,)
+        headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
         self._path = chat_path(spec)
         self._http = httpx.AsyncClient(
             base_url=spec.url,

@@ -13,6 +13,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from flows.inputs import iter_records
+from flows.settings import Settings
 from flows.storage import BlobStorage, LocalStorage, StorageError, parse_blob_location, storage_for
 from schemas import BadRowError
 from tests.conftest import Azurite
@@ -97,7 +98,7 @@ class TestBlobStorage:
     ],
 )
 def test_parse_blob_location(location: str, account_url: str, container: str, path: str, sas: str | None) -> None:
-    loc = parse_blob_location(location, env={"AZURE_STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net"})
+    loc = parse_blob_location(location, Settings.read({"AZURE_STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net"}))
     assert (loc.account_url, loc.container, loc.path, loc.sas) == (account_url, container, path, sas)
 
 

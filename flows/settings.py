@@ -1,0 +1,72 @@
+"""The process environment, read in this one place: what promptbatch takes from it, typed.
+
+Secrets come out as ``SecretStr`` (a key, a connection string, a SAS token), so a repr, a
+log line or a Prefect parameter shows ``**********``; each is registered for redaction
+(``workers.redact``) as it is read. ``Settings.read()`` reads the environment as it is now
+(a test or a scheduled run may set a variable between runs); nothing here writes to it,
+except ``apply_prefect_defaults``, which the CLI and ``flows.run_batch`` call before
+Prefect loads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pydantic import SecretStr
+
+from workers.redact import REDACTOR
+
+#: Settings a local, offline Prefect needs, unless the user's environment says otherwise.
+PREFECT_DEFAULTS = {
+    # A fresh PREFECT_HOME's ephemeral server needs ~30 s on a slow machine; the default is 20.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}
+STORAGE_RETRIES_DEFAULT = 6
+
+
+def apply_prefect_defaults() -> None:
+    """Put ``PREFECT_DEFAULTS`` in the environment where it has no value of its own."""
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def _secret(value: str | None) -> SecretStr | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    REDACTOR.add(value)
+    return SecretStr(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the environment says, as of ``read``."""
+
+    #: The blob account's connection string (``AZURE_STORAGE_CONNECTION_STRING``).
+    storage_connection_string: SecretStr | None = None
+    #: The account ``az://`` locations name (``AZURE_STORAGE_ACCOUNT_URL``).
+    storage_account_url: str | None = None
+    #: A SAS token for ``az://`` locations (``AZURE_STORAGE_SAS_TOKEN``).
+    storage_sas_token: SecretStr | None = None
+    #: How many times a blob call is retried (``PROMPTBATCH_STORAGE_RETRIES``).
+    storage_retries: int = STORAGE_RETRIES_DEFAULT
+    #: The Prefect worker running this process, when one does (``PREFECT__WORKER_NAME``).
+    worker_name: str | None = None
+    _env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def read(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        retries = env.get("PROMPTBATCH_STORAGE_RETRIES", "").strip()
+        return cls(_secret(env.get("AZURE_STORAGE_CONNECTION_STRING")), env.get("AZURE_STORAGE_ACCOUNT_URL") or None,
+                   _secret(env.get("AZURE_STORAGE_SAS_TOKEN")),
+                   int(retries) if retries else STORAGE_RETRIES_DEFAULT, env.get("PREFECT__WORKER_NAME") or None,
+                   env)
+
+    def key(self, variable: str) -> SecretStr | None:
+        """A deployment's key from the variable the job names, registered for redaction; ``None`` if unset."""
+        return _secret(self._env.get(variable))

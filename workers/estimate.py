@@ -189,45 +189,19 @@ def build_estimate(counts: dict[str, Counts], deployments: Sequence[Deployment],
     prices: dict[str, tuple[float, float]] = {}
     for d in deployments:
         shares[d.model] = shares.get(d.model, 0.0) + d.tokens_per_minute / tpm
-        prices[d.model] = (d.input_per_mtok, d.output_per_mtok)
-
+        prices[d.model] = (d.input_per_mtok / 1e6, d.output_per_mtok / 1e6)
+    sums = _Sums()
     by_model: dict[str, dict[str, Any]] = {}
-    totals = {"rows": 0.0, "prompt": 0.0, "prompt_low": 0.0, "prompt_high": 0.0, "ceiling": 0.0, "charge": 0.0}
-    completion = {"expected": 0.0, "low": 0.0, "high": 0.0}
-    cost = {"prompt": 0.0, "expected": 0.0, "low": 0.0, "high": 0.0, "ceiling": 0.0}
     for model, c in counts.items():
-        share = shares[model]
-        price_in, price_out = (p / 1e6 for p in prices[model])
-        if fit is not None:
-            expected, low, high = fit.total(c.rows, c.prompt_tokens, c.max_tokens)
-        elif basis == "ratio":  # the user's figure, no interval: the bounds are the floor and the ceiling
-            expected, low, high = float(c.ratio_completion), 0.0, float(c.max_tokens)
-        else:
-            expected, low, high = math.nan, 0.0, float(c.max_tokens)
-        spread = 0.0 if c.exact else APPROXIMATE_SPREAD
-        prompt_low, prompt_high = c.prompt_tokens * (1 - spread), c.prompt_tokens * (1 + spread)
-        by_model[model] = {"share": round(share, 4), "rows": c.rows, "prompt_tokens": c.prompt_tokens,
+        expected, low, high = _completion_range(c, fit, basis)
+        by_model[model] = {"share": round(shares[model], 4), "rows": c.rows, "prompt_tokens": c.prompt_tokens,
                            "prompt_exact": c.exact,
                            "completion_tokens": _completion_dict(expected, low, high, c.max_tokens)}
-        totals["rows"] += share * c.rows
-        totals["prompt"] += share * c.prompt_tokens
-        totals["prompt_low"] += share * prompt_low
-        totals["prompt_high"] += share * prompt_high
-        totals["ceiling"] += share * c.max_tokens
-        totals["charge"] += share * (c.prompt_tokens + c.max_tokens)
-        for name, value in (("expected", expected), ("low", low), ("high", high)):
-            completion[name] += share * value
-        prompt_cost = share * c.prompt_tokens * price_in
-        prompt_low_cost, prompt_high_cost = share * prompt_low * price_in, share * prompt_high * price_in
-        cost["prompt"] += prompt_cost
-        cost["expected"] += prompt_cost + share * expected * price_out
-        cost["low"] += prompt_low_cost + share * low * price_out
-        cost["high"] += prompt_high_cost + share * high * price_out
-        cost["ceiling"] += prompt_high_cost + share * c.max_tokens * price_out
-
-    token_minutes = totals["charge"] / tpm
-    request_minutes = totals["rows"] / rpm
+        sums.add(c, shares[model], prices[model], (expected, low, high))
+    token_minutes = sums.totals["charge"] / tpm
+    request_minutes = sums.totals["rows"] / rpm
     first = next(iter(counts.values()))
+    totals, completion = sums.totals, sums.completion
     report: dict[str, Any] = {
         "rows": {"total": total_rows, "to_send": round(totals["rows"]), "bad_input": bad_input.rows,
                  "over_context": first.over_context.rows, "refused_by_template": first.refused.rows},
@@ -236,7 +210,7 @@ def build_estimate(counts: dict[str, Counts], deployments: Sequence[Deployment],
                    "approximate_models": [m for m, c in counts.items() if not c.exact],
                    "completion": {**_completion_dict(completion["expected"], completion["low"], completion["high"],
                                                      round(totals["ceiling"])), "basis": basis}},
-        "cost_usd": {name: (None if math.isnan(value) else round(value, 6)) for name, value in cost.items()},
+        "cost_usd": {name: (None if math.isnan(value) else round(value, 6)) for name, value in sums.cost.items()},
         "duration_s": {"at_quota": round(60 * max(token_minutes, request_minutes), 1),
                        "binding": "tokens" if token_minutes >= request_minutes else "requests",
                        "tokens_per_minute": tpm, "requests_per_minute": rpm,
@@ -248,6 +222,46 @@ def build_estimate(counts: dict[str, Counts], deployments: Sequence[Deployment],
     if len(counts) > 1:
         report["by_model"] = by_model
     return report
+
+
+def _completion_range(c: Counts, fit: Fit | None, basis: str) -> tuple[float, float, float]:
+    """One model's completion tokens: expected (NaN when there is no basis), low and high."""
+    if fit is not None:
+        return fit.total(c.rows, c.prompt_tokens, c.max_tokens)
+    if basis == "ratio":  # the user's figure, no interval: the bounds are the floor and the ceiling
+        return float(c.ratio_completion), 0.0, float(c.max_tokens)
+    return math.nan, 0.0, float(c.max_tokens)
+
+
+@dataclass
+class _Sums:
+    """The models' figures, each weighed by its share of the rows."""
+
+    totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("rows", "prompt", "prompt_low", "prompt_high", "ceiling", "charge"), 0.0))
+    completion: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("expected", "low", "high"), 0.0))
+    cost: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("prompt", "expected", "low", "high", "ceiling"), 0.0))
+
+    def add(self, c: Counts, share: float, prices: tuple[float, float],
+            completion: tuple[float, float, float]) -> None:
+        price_in, price_out = prices
+        expected, low, high = completion
+        spread = 0.0 if c.exact else APPROXIMATE_SPREAD
+        prompt_low, prompt_high = c.prompt_tokens * (1 - spread), c.prompt_tokens * (1 + spread)
+        for name, value in (("rows", c.rows), ("prompt", c.prompt_tokens), ("prompt_low", prompt_low),
+                            ("prompt_high", prompt_high), ("ceiling", c.max_tokens),
+                            ("charge", c.prompt_tokens + c.max_tokens)):
+            self.totals[name] += share * value
+        for name, value in (("expected", expected), ("low", low), ("high", high)):
+            self.completion[name] += share * value
+        prompt_cost = share * c.prompt_tokens * price_in
+        prompt_low_cost, prompt_high_cost = share * prompt_low * price_in, share * prompt_high * price_in
+        self.cost["prompt"] += prompt_cost
+        self.cost["expected"] += prompt_cost + share * expected * price_out
+        self.cost["low"] += prompt_low_cost + share * low * price_out
+        self.cost["high"] += prompt_high_cost + share * high * price_out
+        self.cost["ceiling"] += prompt_high_cost + share * c.max_tokens * price_out
 
 
 def _completion_dict(expected: float, low: float, high: float, ceiling: int) -> dict[str, Any]:

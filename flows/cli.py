@@ -23,7 +23,6 @@ import click
 
 from flows.cli_summary import print_summary as _print_summary
 from flows.logs import adopt_console, configure, explained_failures, quiet_on_console, scrub
-from flows.settings import apply_prefect_defaults
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -66,7 +65,6 @@ def _run_job(runner: Callable[[], Any]) -> dict[str, Any]:
 @click.option("--json-logs", is_flag=True, hidden=True, help="The same as --log-format json.")
 def main(log_format: str, json_logs: bool) -> None:
     """Bulk chat completions against quota-limited Azure serverless Mistral deployments."""
-    apply_prefect_defaults()  # before any command loads Prefect
     configure(log_format="json" if json_logs else log_format)
 
 

@@ -4,8 +4,7 @@ Secrets come out as ``SecretStr`` (a key, a connection string, a SAS token), so 
 log line or a Prefect parameter shows ``**********``; each is registered for redaction
 (``workers.redact``) as it is read. ``Settings.read()`` reads the environment as it is now
 (a test or a scheduled run may set a variable between runs); nothing here writes to it,
-except ``apply_prefect_defaults``, which the CLI and ``flows.run_batch`` call before
-Prefect loads.
+except ``apply_prefect_defaults``, which ``flows/__init__`` calls before Prefect loads.
 """
 
 from __future__ import annotations
@@ -52,8 +51,8 @@ class Settings:
     storage_account_url: str | None = None
     #: A SAS token for ``az://`` locations (``AZURE_STORAGE_SAS_TOKEN``).
     storage_sas_token: SecretStr | None = None
-    #: How many times a blob call is retried (``PROMPTBATCH_STORAGE_RETRIES``).
-    storage_retries: int = STORAGE_RETRIES_DEFAULT
+    #: ``PROMPTBATCH_STORAGE_RETRIES`` as given (see ``storage_retries``).
+    storage_retries_text: str = ""
     #: The Prefect worker running this process, when one does (``PREFECT__WORKER_NAME``).
     worker_name: str | None = None
     _env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -61,11 +60,23 @@ class Settings:
     @classmethod
     def read(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        retries = env.get("PROMPTBATCH_STORAGE_RETRIES", "").strip()
         return cls(_secret(env.get("AZURE_STORAGE_CONNECTION_STRING")), env.get("AZURE_STORAGE_ACCOUNT_URL") or None,
-                   _secret(env.get("AZURE_STORAGE_SAS_TOKEN")),
-                   int(retries) if retries else STORAGE_RETRIES_DEFAULT, env.get("PREFECT__WORKER_NAME") or None,
-                   env)
+                   _secret(env.get("AZURE_STORAGE_SAS_TOKEN")), env.get("PROMPTBATCH_STORAGE_RETRIES", "").strip(),
+                   env.get("PREFECT__WORKER_NAME") or None, env)
+
+    @property
+    def storage_retries(self) -> int:
+        """How many times a blob call is retried (``PROMPTBATCH_STORAGE_RETRIES``; unset or blank: 6).
+
+        Checked only when storage asks: a wrong figure does not stop a job that never touches a blob.
+        """
+        if not self.storage_retries_text:
+            return STORAGE_RETRIES_DEFAULT
+        try:
+            return int(self.storage_retries_text)
+        except ValueError:
+            raise ValueError(f"PROMPTBATCH_STORAGE_RETRIES must be a whole number, not "
+                             f"{self.storage_retries_text!r}") from None
 
     def key(self, variable: str) -> SecretStr | None:
         """A deployment's key from the variable the job names, registered for redaction; ``None`` if unset."""

@@ -33,7 +33,15 @@ class Refusal:
     """A row that will not be sent, and what to tell the user (naming the row and the field)."""
 
     kind: RefusalKind
-    detail: str
+    #: What is wrong, without the row's place.
+    reason: str
+    #: The row and the field (``"a.jsonl line 3: field `messages`"``); empty when ``reason`` names them.
+    where: str = ""
+
+    @property
+    def detail(self) -> str:
+        """The row, the field and what is wrong with it."""
+        return f"{self.where}: {self.reason}" if self.where else self.reason
 
     @property
     def error(self) -> str:
@@ -58,8 +66,8 @@ def over_context(where: str, prompt_tokens: int, max_tokens: int, context_tokens
     """The refusal of a request too long for the model's context, or ``None`` when it fits."""
     if prompt_tokens + max_tokens <= context_tokens:
         return None
-    return Refusal(RefusalKind.OVER_CONTEXT, f"{where}: prompt of {prompt_tokens} tokens plus max_tokens "
-                                             f"{max_tokens} exceeds the {context_tokens}-token context of {model}")
+    return Refusal(RefusalKind.OVER_CONTEXT, f"prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} "
+                                             f"exceeds the {context_tokens}-token context of {model}", where)
 
 
 def unreadable(row: BadRowError) -> Refusal:
@@ -69,7 +77,7 @@ def unreadable(row: BadRowError) -> Refusal:
 
 def untokenizable(row: PromptRow, reason: str) -> Refusal:
     """The refusal of a row whose messages the model's chat template does not accept."""
-    return Refusal(RefusalKind.BAD_INPUT, f"{row.where}: field `messages`: {reason}")
+    return Refusal(RefusalKind.BAD_INPUT, reason, f"{row.where}: field `messages`")
 
 
 def plan_counted(row: PromptRow, prompt_tokens: int, *, context_tokens: int, model: str,

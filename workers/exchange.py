@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from schemas import Status
-from schemas.plan import Planned, Refusal
+from schemas.plan import Planned, Refusal, RefusalKind
 from workers import labels
 from workers.completion import Completion
 from workers.errors import ContentFilteredError, EndpointError, JobAbortedError, RateLimitedError, RowFailedError
@@ -73,7 +73,9 @@ class Sender:
             messages = labels.reask_messages(messages, text, error)
             planned = lane.plan(row, messages)
             if isinstance(planned, Refusal):
-                return _invalid(draft, f"{error}; not asked again: {planned.detail}", asked)
+                why = ("the conversation would exceed the context" if planned.kind is RefusalKind.OVER_CONTEXT
+                       else planned.reason)
+                return _invalid(draft, f"{error}; not asked again: {why}", asked)
             if not self.spend.fits(planned.worst_usd):
                 self._stop(StopReason.BUDGET)
                 return _invalid(draft, f"{error}; not asked again: budget_usd reached", asked)
@@ -111,7 +113,9 @@ class Sender:
             except EndpointError as exc:
                 if isinstance(exc, RateLimitedError):
                     lane.quota.rate_limited(ticket, exc.retry_after_s)
-                pause = self.policy.pause(draft.attempts, exc, self._rng.random())
+                # A 429's pause is the quota's (no jitter drawn: a seeded run's backoffs stay as they were).
+                jitter = 0.0 if isinstance(exc, RateLimitedError) else self._rng.random()
+                pause = self.policy.pause(draft.attempts, exc, jitter)
                 if pause is None:
                     return _failed(draft, exc)
                 if self._stopping():  # no retries once stopping: the row stays pending

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from flows.logs import scrub
 from flows.settings import Settings
 
@@ -27,3 +29,10 @@ def test_unset_and_blank_are_the_same() -> None:
     settings = Settings.read({"MY_KEY": "   ", "PROMPTBATCH_STORAGE_RETRIES": ""})
     assert settings.key("MY_KEY") is None and settings.key("OTHER") is None
     assert settings.storage_connection_string is None and settings.storage_retries == 6
+
+
+def test_a_wrong_retry_count_is_named_when_storage_asks() -> None:
+    settings = Settings.read({"PROMPTBATCH_STORAGE_RETRIES": "six", "PREFECT__WORKER_NAME": "w1"})
+    assert settings.worker_name == "w1"  # the rest of the settings still read
+    with pytest.raises(ValueError, match="PROMPTBATCH_STORAGE_RETRIES must be a whole number, not 'six'"):
+        _ = settings.storage_retries

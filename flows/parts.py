@@ -100,7 +100,7 @@ class PartWriter:
         """The input of ``shard`` has been read to its end (``rows`` rows): publish it once whole."""
         self._digests[shard] = digest
         if rows < self._layout.shard_rows:  # only the input's last shard is short
-            self._total_rows = shard * self._layout.shard_rows + rows
+            self._total_rows = self._layout.first_row(shard) + rows
         if len(self._open.get(shard, ())) == self._shard_size(shard):
             self._start_publish(shard)
 

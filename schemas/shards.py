@@ -42,6 +42,10 @@ class ShardLayout:
         """Row ``seq``'s place within its shard (0: the shard's first row)."""
         return seq % self.shard_rows
 
+    def first_row(self, shard: int) -> int:
+        """The ``seq`` of ``shard``'s first row."""
+        return shard * self.shard_rows
+
     def owns(self, shard: int) -> bool:
         """Whether this slice runs ``shard``."""
         return shard % self.count == self.index
@@ -56,7 +60,7 @@ class ShardLayout:
 
     def rows_of(self, shard: int, total_rows: int) -> int:
         """How many of ``total_rows`` rows fall in ``shard``."""
-        return max(0, min(self.shard_rows, total_rows - shard * self.shard_rows))
+        return max(0, min(self.shard_rows, total_rows - self.first_row(shard)))
 
     def rows_in_slice(self, total_rows: int) -> int:
         """How many of ``total_rows`` rows this slice runs."""

@@ -11,6 +11,7 @@ def test_rows_fall_in_shards_of_shard_rows() -> None:
     layout = ShardLayout(50)
     assert [layout.shard_of(s) for s in (0, 49, 50, 229)] == [0, 0, 1, 4]
     assert [layout.offset(s) for s in (0, 49, 50, 229)] == [0, 49, 0, 29]
+    assert [layout.first_row(s) for s in range(3)] == [0, 50, 100]
     assert layout.shards(230) == 5 and layout.shards(250) == 5 and layout.shards(0) == 0
     assert [layout.rows_of(s, 230) for s in range(6)] == [50, 50, 50, 50, 30, 0]
     assert layout.whole and layout.rows_in_slice(230) == 230

@@ -17,11 +17,13 @@ from workers.errors import (
     ServerError,
     TransportError,
 )
+from workers.exchange import Sender
 from workers.labels import Modes, label_columns
-from workers.lane import Lane
+from workers.lane import Lane, Waiting
 from workers.outcome import Draft, Outcome, Tally
 from workers.pool import Engine
 from workers.quota import Quota
+from workers.redact import REDACTOR, Redactor
 from workers.retry import RetryPolicy
 from workers.spend import BudgetExhaustedError, Spend
 from workers.stopping import StopReason
@@ -42,10 +44,13 @@ __all__ = [
     "Modes",
     "Outcome",
     "Quota",
+    "REDACTOR",
     "RateLimitedError",
+    "Redactor",
     "RetryPolicy",
     "RetryableError",
     "RowFailedError",
+    "Sender",
     "ServerError",
     "Spend",
     "StopReason",
@@ -53,6 +58,7 @@ __all__ = [
     "TokenCounter",
     "TokenizeError",
     "TransportError",
+    "Waiting",
     "copy_record",
     "label_columns",
     "normalize_logprobs",

@@ -14,7 +14,8 @@ earlier run) and records ``duplicate_of``. ``Placement`` does that routing.
 
 The run's helpers — the signal handlers, the metrics watch, the progress reporter, the
 deployments' clients and shared-quota credit — are entered in one ``AsyncExitStack`` and
-leave it in reverse order, whether the run finished, stopped or failed.
+leave it in reverse order, whether the run finished, stopped or failed; the journal is
+written inside it (``Placement.recording``).
 """
 
 from __future__ import annotations
@@ -104,7 +105,6 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     reporter = Reporter(execution, spend, lanes, listeners, stated_tpm=sum(e.tokens_per_minute
                                                                            for e in spec.all_endpoints),
                         rows_total=rows_total, clock=clock)
-    placement.journal.start()
     async with AsyncExitStack() as helpers:
         helpers.push_async_callback(_close, lanes)
         if handle_signals:
@@ -113,12 +113,13 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
             await helpers.enter_async_context(_watching(placement.watch))
         if listeners:
             await helpers.enter_async_context(_background(reporter.run()))
-        async with placement.keeping():
+        async with placement.recording():
             await engine.run(placement.remaining(stream(batches)), placement.sink)
-            await placement.writer.finish(execution.reading.rows, complete=engine.stopped is None)
+            finished = engine.stopped is None
+            await placement.writer.finish(execution.reading.rows, complete=finished)
     # One of several processes leaves earlier runs' segments to the job's last step: they may
     # hold rows of other processes' shards.
-    await placement.journal.close(finished=engine.stopped is None and layout.whole)
+    await placement.journal.close(finished=finished and layout.whole)
     if listeners:
         await reporter.final()
     placement.settle()
@@ -261,8 +262,10 @@ class Placement:
         return False
 
     @asynccontextmanager
-    async def keeping(self) -> AsyncIterator[None]:
-        """On a failure inside (a rejected key, a storage failure), keep what finished: the next run resumes."""
+    async def recording(self) -> AsyncIterator[None]:
+        """The journal is written while inside; on a failure (a rejected key, a storage failure) what
+        finished is kept, journal and open parts closed as they are: the next run resumes from them."""
+        self.journal.start()
         try:
             yield
         except BaseException:

@@ -3,7 +3,7 @@
 A model's tokenizer decides what the endpoint bills and what the quota is charged, so
 a built-in entry exists only where mistral-common (1.13) maps the model to a tokenizer
 it ships (``MODEL_NAME_TO_TOKENIZER_CLS``) — the counts are then the model's own. Any
-other model is described by the job (``model:``, see ``schemas.job.ModelSpec``): its
+other model is described by the job (``model:``, see ``schemas.endpoint.ModelSpec``): its
 tokenizer is one of the shipped ones or a file, and unless the job says the file is
 the model's own, its counts are *approximate* (``ModelInfo.exact`` is false).
 

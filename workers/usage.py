@@ -1,7 +1,7 @@
 """An answer's token usage, checked before it is believed: it is what the output bills and the budget counts.
 
 Endpoints and mocks send usage that cannot be right: none at all (the row would cost $0 and
-slip past ``budget_usd``), negative or fractional figures (refused in ``workers.client``),
+slip past ``budget_usd``), negative or fractional figures (refused in ``workers.answers``),
 or more tokens than the request could have produced. So:
 
 - a missing figure is counted with the model's own tokenizer — the prompt as admitted,

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from azure.storage.blob import BlobServiceClient
@@ -55,9 +56,12 @@ def parse_blob_location(location: str, settings: Settings | None = None) -> Blob
 def connection_account_url(settings: Settings) -> str | None:
     """The account URL of the environment's connection string, if there is one."""
     conn = settings.storage_connection_string
-    if conn is None:
-        return None
-    return BlobServiceClient.from_connection_string(conn.get_secret_value()).url.rstrip("/")
+    return None if conn is None else _account_of(conn.get_secret_value())
+
+
+@lru_cache(maxsize=8)
+def _account_of(connection_string: str) -> str:
+    return BlobServiceClient.from_connection_string(connection_string).url.rstrip("/")
 
 
 def with_path(location: str, path: str) -> str:

@@ -8,8 +8,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from flows.errors import JobError
-from flows.logs import register_secret
-from flows.settings import Settings
+from flows.settings import Settings, secret
 from schemas import EndpointSpec, ModelInfo, Price, ResponseSpec
 from workers import EndpointClient, Lane, Quota, TokenCounter
 from workers.credit import Credit
@@ -26,16 +25,14 @@ async def api_key(endpoint: EndpointSpec) -> SecretStr:
         except ValueError as exc:  # Prefect's word for a block that does not exist
             raise JobError(f"Prefect Secret block {endpoint.api_key_secret!r} not found: it must hold the "
                            "deployment's key") from exc
-        key = str(block.get()).strip()
-        register_secret(key)
-        secret = SecretStr(key) if key else None
+        key = secret(str(block.get()))
         where = f"Prefect Secret block {endpoint.api_key_secret!r}"
     else:
-        secret = Settings.read().key(endpoint.api_key_env)
+        key = Settings.read().key(endpoint.api_key_env)
         where = f"environment variable {endpoint.api_key_env}"
-    if secret is None:
+    if key is None:
         raise JobError(f"{where} is not set: it must hold the deployment's key")
-    return secret
+    return key
 
 
 def lane_for(endpoint: EndpointSpec, key: SecretStr | str, price: Price | None = None, credit: Credit | None = None,

@@ -29,7 +29,7 @@ import structlog
 from flows.journal import FOLDER as JOURNAL_FOLDER
 from flows.journal import journal_segments, segment_job_hash
 from flows.parts import META_JOB_HASH, META_SHARD_ROWS, PartSummary, part_shard
-from flows.storage import Storage, redact_location
+from flows.storage import Storage, read_json_object, redact_location
 from schemas import STATUSES, InputSchema, JobSpec
 
 if TYPE_CHECKING:
@@ -139,17 +139,14 @@ def write_manifest(storage: Storage, folder: str, manifest: dict[str, Any]) -> s
 def read_manifest(storage: Storage, folder: str) -> dict[str, Any] | None:
     """The folder's manifest; ``None`` when there is none or it cannot be read (torn, not JSON)."""
     location = storage.join(folder, MANIFEST)
-    if not storage.exists(location):
-        return None
-    try:
-        manifest = json.loads(storage.read_bytes(location))
-    except ValueError:
+
+    def unreadable() -> None:
         log.warning("manifest_unreadable", manifest=redact_location(location),
                     action="rebuilt from the parts and the journal")
-        return None
-    if not isinstance(manifest, dict) or "job_hash" not in manifest:
-        log.warning("manifest_unreadable", manifest=redact_location(location),
-                    action="rebuilt from the parts and the journal")
+
+    manifest = read_json_object(storage, location, unreadable=unreadable)
+    if manifest is not None and "job_hash" not in manifest:
+        unreadable()
         return None
     return manifest
 

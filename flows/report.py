@@ -28,7 +28,7 @@ from flows.charts import PALETTE, STATUS_COLORS, Chart, nice_ticks, short, time_
 from flows.logs import scrub
 from flows.metrics import read_all
 from flows.report_series import plotted
-from flows.storage import Storage, redact_location
+from flows.storage import Storage, read_json_object, redact_location
 from schemas import STATUSES
 
 REPORT = "_report.html"
@@ -235,14 +235,8 @@ def render_html(data: dict[str, Any], manifest: dict[str, Any], estimate: dict[s
 
 def read_estimate(storage: Storage, folder: str, job_hash: str | None) -> dict[str, Any] | None:
     """The estimate ``promptbatch estimate`` left for this job in the folder, if any."""
-    where = storage.join(folder, ESTIMATE)
-    if not storage.exists(where):
-        return None
-    try:
-        found = json.loads(storage.read_bytes(where))
-    except ValueError:
-        return None
-    return found if isinstance(found, dict) and found.get("job", {}).get("job_hash") == job_hash else None
+    found = read_json_object(storage, storage.join(folder, ESTIMATE))
+    return found if found is not None and found.get("job", {}).get("job_hash") == job_hash else None
 
 
 def write_report(storage: Storage, folder: str, manifest: dict[str, Any]) -> tuple[str, str]:

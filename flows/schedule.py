@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from flows.storage import Storage, redact_location, storage_for
+from flows.storage import Storage, read_json_object, redact_location, storage_for
 from schemas import pointer_folder
 
 log = structlog.get_logger(__name__)
@@ -100,10 +100,4 @@ def publish_pointer(output_template: str, output: str, day: date, manifest: dict
 
 def read_pointer(store: Storage, location: str) -> dict[str, Any] | None:
     """The pointer's content; ``None`` when absent or unreadable (it is rewritten then)."""
-    if not store.exists(location):
-        return None
-    try:
-        found = json.loads(store.read_bytes(location))
-    except ValueError:
-        return None
-    return found if isinstance(found, dict) else None
+    return read_json_object(store, location)

@@ -33,7 +33,8 @@ def apply_prefect_defaults() -> None:
         os.environ.setdefault(name, value)
 
 
-def _secret(value: str | None) -> SecretStr | None:
+def secret(value: str | None) -> SecretStr | None:
+    """``value`` trimmed, as a ``SecretStr`` registered for redaction; ``None`` when it is unset or blank."""
     value = (value or "").strip()
     if not value:
         return None
@@ -60,8 +61,8 @@ class Settings:
     @classmethod
     def read(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        return cls(_secret(env.get("AZURE_STORAGE_CONNECTION_STRING")), env.get("AZURE_STORAGE_ACCOUNT_URL") or None,
-                   _secret(env.get("AZURE_STORAGE_SAS_TOKEN")), env.get("PROMPTBATCH_STORAGE_RETRIES", "").strip(),
+        return cls(secret(env.get("AZURE_STORAGE_CONNECTION_STRING")), env.get("AZURE_STORAGE_ACCOUNT_URL") or None,
+                   secret(env.get("AZURE_STORAGE_SAS_TOKEN")), env.get("PROMPTBATCH_STORAGE_RETRIES", "").strip(),
                    env.get("PREFECT__WORKER_NAME") or None, env)
 
     @property
@@ -80,4 +81,4 @@ class Settings:
 
     def key(self, variable: str) -> SecretStr | None:
         """A deployment's key from the variable the job names, registered for redaction; ``None`` if unset."""
-        return _secret(self._env.get(variable))
+        return secret(self._env.get(variable))

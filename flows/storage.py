@@ -28,7 +28,8 @@ errors mapped in ``flows.storage_errors``. Every name is importable from here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -109,6 +110,23 @@ class Storage(Protocol):
     def fingerprint(self, location: str) -> dict[str, Any]:
         """What identifies a file's content without reading it (size, and mtime or ETag)."""
         ...
+
+
+def read_json_object(storage: Storage, location: str, *,
+                     unreadable: Callable[[], None] | None = None) -> dict[str, Any] | None:
+    """The JSON object stored at ``location``; ``None`` when there is none, or it is torn or not an
+    object (``unreadable`` is told of those)."""
+    if not storage.exists(location):
+        return None
+    try:
+        found = json.loads(storage.read_bytes(location))
+    except ValueError:
+        found = None
+    if isinstance(found, dict):
+        return found
+    if unreadable is not None:
+        unreadable()
+    return None
 
 
 def storage_for(location: str) -> Storage:

@@ -29,9 +29,10 @@ class BlobStorage:
 
     cheap_appends = False
 
-    def __init__(self, service: BlobServiceClient, account_url: str):
+    def __init__(self, service: BlobServiceClient, account_url: str, settings: Settings | None = None):
         self._service = service
         self._account_url = account_url
+        self._settings = settings or Settings.read()
         self._appendable: set[str] = set()
 
     @classmethod
@@ -51,10 +52,10 @@ class BlobStorage:
             from azure.identity import DefaultAzureCredential
 
             service = BlobServiceClient(loc.account_url, credential=DefaultAzureCredential(), **options)
-        return cls(service, loc.account_url)
+        return cls(service, loc.account_url, settings)
 
     def _split(self, location: str) -> tuple[ContainerClient, str]:
-        loc = parse_blob_location(location)
+        loc = parse_blob_location(location, self._settings)
         return self._service.get_container_client(loc.container), loc.path
 
     def expand(self, pattern: str) -> list[str]:

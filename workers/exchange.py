@@ -113,9 +113,7 @@ class Sender:
             except EndpointError as exc:
                 if isinstance(exc, RateLimitedError):
                     lane.quota.rate_limited(ticket, exc.retry_after_s)
-                # A 429's pause is the quota's (no jitter drawn: a seeded run's backoffs stay as they were).
-                jitter = 0.0 if isinstance(exc, RateLimitedError) else self._rng.random()
-                pause = self.policy.pause(draft.attempts, exc, jitter)
+                pause = self.policy.pause(draft.attempts, exc, self._rng.random())
                 if pause is None:
                     return _failed(draft, exc)
                 if self._stopping():  # no retries once stopping: the row stays pending

@@ -100,8 +100,8 @@ def test_kill_9_then_rerun_finishes_without_paying_twice(tmp_path: Path, cli: Ca
     killed_at = time.monotonic()
     # The slow start sends a deployment's first window faster than the steady rate: the answers of the
     # last 0.2 s before the kill are counted as they came, not at 9,000 requests/min.
-    last_moment = max(9_000 / 60 * 0.2, billed[-1][1] - next(n for t, n in reversed(billed) if t <= killed_at - 0.2)
-                      if billed[0][0] <= killed_at - 0.2 else billed[-1][1])
+    before = [n for t, n in billed if t <= killed_at - 0.2]
+    last_moment = max(9_000 / 60 * 0.2, billed[-1][1] - (before[-1] if before else 0))
     first.wait(10)
     wait_until(lambda: sim.stats()["generating"] == 0, 30, "the simulator to finish what was in flight")
     at_kill = sim.stats()

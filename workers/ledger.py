@@ -15,6 +15,13 @@ from collections.abc import Sequence
 from workers.learning import QuotaEstimate, QuotaMode, read_hints
 from workers.windows import Budget, Ticket, WindowLog
 
+#: The window a deployment is suspected of metering over when it refuses far below the job's
+#: window: the shortest plausible (a copy of it at the stated rate is safe under any longer one).
+SHORT_WINDOW_S = 1.0
+#: A 429 suggests a shorter window than the job's when the copy held under this share of its
+#: limit and ``retry-after`` is under this share of the job's window.
+SHORT_HELD, SHORT_RETRY = 1 / 3, 0.25
+
 
 class Ledger:
     """Admission decisions for one deployment's quota; every method takes ``now``.
@@ -43,6 +50,8 @@ class Ledger:
         self.window = WindowLog(*self.stated_window, window_s, guard_s)
         self.requests = Budget(1.0, 1.0, now)
         self.tokens = Budget(1.0, 1.0, now)
+        #: A copy of a shorter window than the job's, kept once the deployment's 429s suggest one.
+        self.short: WindowLog | None = None
         self._burst_share = 1.0
         #: ``bucket``: the server is taken to be a bucket of one window, refilled at the rate (a
         #: fresh deployment's whole window, then the steady rate, no window copy consulted);
@@ -95,6 +104,10 @@ class Ledger:
         tps = self.stated_window[1] / self.window_s * self.estimate.tokens * 0.998
         self.window.request_limit = max(1, int(self.stated_window[0] * self.estimate.requests))
         self.window.token_limit = max(1, int(self.stated_window[1] * self.estimate.tokens))
+        if self.short is not None:
+            stated = self._short_stated
+            self.short.request_limit = max(1, int(stated[0] * self.estimate.requests))
+            self.short.token_limit = max(1, int(stated[1] * self.estimate.tokens))
         for budget, rate in ((self.requests, rps), (self.tokens, tps)):
             budget._refill(now)
             budget.per_second = rate
@@ -134,6 +147,7 @@ class Ledger:
             self.requests.wait(now, 1),
             self.tokens.wait(now, tokens),
             self.window.wait(now, tokens) if self.model == "sliding" else 0.0,
+            self.short.wait(now, tokens) if self.short is not None else 0.0,
         )
         return wait if wait > 1e-6 else 0.0  # float residue of a refill is not a wait
 
@@ -173,10 +187,11 @@ class Ledger:
         self.requests.take(now, 1)
         self.tokens.take(now, tokens)
         entry = self.window.add(now, 1, tokens)
+        short = self.short.add(now, 1, tokens) if self.short is not None else None
         self.total_requests += 1
         self.total_tokens += tokens
         return Ticket(entry, *self.window.remaining, self.total_requests, self.total_tokens, self.tokens.level,
-                      self.window.request_limit)
+                      self.window.request_limit, short)
 
     # --- what the server says -----------------------------------------------------------
 
@@ -197,15 +212,18 @@ class Ledger:
         at = ticket.entry.stamp if now is None else now
         limits = (None if hints.limit_tokens is None else hints.limit_tokens / self.stated_window[1],
                   None if hints.limit_requests is None else hints.limit_requests / self.stated_window[0])
+        believed = True
         if scale == "window" and min((x for x in limits if x is not None), default=1.0) < 0.5:
-            fits = hints.limit_tokens is not None and hints.remaining_tokens is not None and \
+            believed = hints.limit_tokens is not None and hints.remaining_tokens is not None and \
                 self._fits_the_window(ticket, hints.limit_tokens - hints.remaining_tokens)
-            if not fits:
+            if not believed:
                 limits = (None, None)
         if self.estimate.on_limit(at, *limits):
             self._apply(at)
-        if scale != "window" or self.model != "sliding":
-            return  # usage of another tenant shows only in figures of a window like the copy's
+        if scale != "window" or self.model != "sliding" or not believed:
+            # Usage of another tenant shows only in figures of a window like the copy's (a limit
+            # not believed is a window of another length: its remaining counts compare with nothing).
+            return
         since_requests = self.total_requests - ticket.total_requests
         since_tokens = self.total_tokens - ticket.total_tokens
         # A request limit moved while this request was out (a stated limit can move it five-fold at
@@ -221,7 +239,7 @@ class Ledger:
         gap_tokens = min(gap_tokens, self.window.token_limit // 4)
         if gap_requests > 0 or gap_tokens > 0:
             self.foreign_tokens += max(0, gap_tokens)
-            self.window.add(ticket.entry.stamp, max(0, gap_requests), max(0, gap_tokens))
+            self.window.add(ticket.entry.stamp, max(0, gap_requests), max(0, gap_tokens), foreign=True)
 
     def _fits_the_window(self, ticket: Ticket, server_used: int) -> bool:
         """Whether the server's usage figure is what this client sent over the job's window.
@@ -231,8 +249,7 @@ class Ledger:
         server's count of what it holds matches what this client sent over the job's
         window is it the first.
         """
-        end = ticket.entry.stamp
-        ours = self.window.tokens_between(end - self.window_s, end)
+        ours = self.window.own_tokens_through(ticket.entry, self.window_s)
         return server_used > 0 and abs(ours - server_used) <= 0.25 * server_used
 
     def rate_limited(self, now: float, ticket: Ticket, retry_after_s: float | None) -> bool:
@@ -249,9 +266,13 @@ class Ledger:
         self.window._expire(now)
         held = self.window.tokens  # what the last window held, the refused request included
         self.window.refund(ticket.entry)
+        if self.short is not None:
+            self.short._expire(now)
+            if ticket.short is not None:
+                self.short.refund(ticket.short)
         self.rate_limited_responses += 1
         self.refused_tokens += refused
-        learned, probing = self._lesson(now, ticket, held, refused)
+        learned, probing = self._lesson(now, ticket, held, refused, retry_after_s)
         if now >= self.paused_until:
             self._burst_share = max(0.25, self._burst_share / 2)
             if not probing:  # the slow start's 429 says nothing of late stamps
@@ -267,9 +288,25 @@ class Ledger:
         self.tokens.drain(now)
         return learned
 
-    def _lesson(self, now: float, ticket: Ticket, held: int, refused: int) -> tuple[bool, bool]:
+    @property
+    def _short_stated(self) -> tuple[float, float]:
+        """The stated quota over the short window (requests, tokens)."""
+        scale = SHORT_WINDOW_S / self.window_s
+        return self.stated_window[0] * scale, self.stated_window[1] * scale
+
+    def _lesson(self, now: float, ticket: Ticket, held: int, refused: int,
+                retry_after_s: float | None) -> tuple[bool, bool]:
         """What a 429 of ``ticket`` (``refused`` tokens) teaches, the window copy having ``held`` tokens:
-        (the estimate went down, it was the slow start's answer)."""
+        (the estimate went down, it was the slow start's answer).
+
+        Past the slow start, a refusal with the copy far from full and a short ``retry-after``
+        fits two deployments: one admitting far less than the job says, or one metering the
+        stated rate over a shorter window (1 s where the job assumes 10 s). The second is
+        tried first (a copy of a 1 s window is kept beside the job's, the estimate untouched);
+        the next 429 decides: refused with the short copy full, the short window was right
+        and its copy is the measurement from then on; refused with room in it, the window was
+        not the reason and the job's copy measures the quota as before.
+        """
         if ticket.entry.stamp < self._learned_at:
             return False, False  # sent before the last lesson was drawn: the same evidence again
         self._learned_at = now
@@ -283,8 +320,26 @@ class Ledger:
             if held < self.window.token_limit + refill / 2 or ticket.bucket_room >= 0.05 * self.window.token_limit:
                 self.model = "sliding"
             return False, True
+        if self.short is not None:
+            short, stated = self.short, self._short_stated
+            if short.tokens + refused >= 0.9 * short.token_limit or short.requests + 1 >= short.request_limit:
+                used = ((short.tokens + refused / 2) / stated[1], (short.requests + 0.5) / stated[0])
+                return self.estimate.on_429(now, *used), False
+            self.short = None
+        elif self._suggests_short(held, retry_after_s):
+            self.short = WindowLog(1, 1, SHORT_WINDOW_S, self.window.guard_s)
+            for entry in self.window.entries_since(now - SHORT_WINDOW_S):
+                self.short.add(entry.stamp, entry.requests, entry.tokens)
+            self._apply(now)
+            return False, False
         # The server held at least what the copy holds, and less than that plus the refused
         # request: take the middle.
         used_tokens = (self.window.tokens + refused / 2) / self.stated_window[1]
         used_requests = (self.window.requests + 0.5) / self.stated_window[0]
         return self.estimate.on_429(now, used_tokens, used_requests), False
+
+    def _suggests_short(self, held: int, retry_after_s: float | None) -> bool:
+        """Whether a 429 past the slow start may come from a window shorter than the job's."""
+        return (retry_after_s is not None and retry_after_s < SHORT_RETRY * self.window_s
+                and self.window_s > SHORT_WINDOW_S and held < SHORT_HELD * self.window.token_limit
+                and self.window.requests + 1 < SHORT_HELD * self.window.request_limit)

@@ -63,6 +63,8 @@ class Entry:
     stamp: float
     requests: int
     tokens: int
+    #: Another client's usage, booked from the server's headers (not a request of this one).
+    foreign: bool = False
 
 
 class WindowLog:
@@ -105,14 +107,25 @@ class WindowLog:
                 return max(1e-3, entry.stamp + self.window_s - now)
         return self.window_s
 
-    def tokens_between(self, start: float, end: float) -> int:
-        """Tokens of the entries stamped in ``(start, end]`` (what is still kept)."""
-        return sum(e.tokens for e in self._entries if start < e.stamp <= end)
+    def entries_since(self, start: float) -> list[Entry]:
+        """The entries stamped after ``start`` (what is still kept)."""
+        return [e for e in self._entries if e.stamp > start]
 
-    def add(self, now: float, requests: int, tokens: int) -> Entry:
+    def own_tokens_through(self, entry: Entry, span_s: float) -> int:
+        """This client's tokens admitted over ``span_s`` seconds up to ``entry``, ``entry`` included
+        (what the server had seen of this client when it admitted that request, if in order)."""
+        total = 0
+        for kept in self._entries:
+            if kept.stamp > entry.stamp - span_s and not kept.foreign:
+                total += kept.tokens
+            if kept is entry:
+                break
+        return total
+
+    def add(self, now: float, requests: int, tokens: int, *, foreign: bool = False) -> Entry:
         """Record an admission (or foreign usage); returns the entry for a later refund."""
         self._expire(now)
-        entry = Entry(now, requests, tokens)
+        entry = Entry(now, requests, tokens, foreign)
         self._entries.append(entry)
         self.requests += requests
         self.tokens += tokens
@@ -145,3 +158,5 @@ class Ticket:
     bucket_room: float = 0.0
     #: The copy's request limit then (the remaining counts are against it; it may move before the answer).
     request_limit: int = 0
+    #: Its entry in the short window's copy, when one is kept (``Ledger.short``).
+    short: Entry | None = None

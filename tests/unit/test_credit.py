@@ -100,6 +100,7 @@ async def test_what_one_process_learns_is_told_to_share_it() -> None:
     quota.ledger.bonus_left = (0.0, 0.0)
     tickets = [quota.ledger.admit(0.0, 350) for _ in range(19)]  # what the window copy holds
     now[0] = 1.0
-    quota.rate_limited(tickets[-1], retry_after_s=1.0)  # refused at a fifth of the stated window
+    # Refused at a fifth of the stated window, told to wait half of it (not a shorter window's refusal).
+    quota.rate_limited(tickets[-1], retry_after_s=5.0)
     await asyncio.sleep(0)
     assert told and told[0][0] == pytest.approx(0.2, abs=0.02)

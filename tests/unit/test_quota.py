@@ -146,6 +146,23 @@ class TestLedger:
         ledger.observe(ticket, int(ticket.remaining_requests * 0.2), ticket.remaining_tokens, now=0.2)
         assert ledger.window.requests == 1 and ledger.foreign_tokens == 0
 
+    def test_a_stated_limit_is_checked_against_this_clients_requests_up_to_the_answered_one(self) -> None:
+        # Requests admitted in one instant share a stamp; the server, answering the first, had seen
+        # only the first. A lower stated limit whose usage matches that is a lower quota, believed.
+        ledger = Ledger(5 * RPM, 5 * TPM, window_s=WINDOW, first_window=False)
+        tickets = [ledger.admit(0.0, 300) for _ in range(10)]
+        ledger.observe(tickets[0], 32, 6_666 - 300, 33, 6_666, now=0.5)
+        assert ledger.learned_per_minute[1] == pytest.approx(TPM, rel=0.01)
+
+    def test_a_stated_limit_not_believed_books_no_other_tenant(self) -> None:
+        # A limit a fifth of the job's whose usage does not match this client's (a shorter window's
+        # figures): its remaining count is on another scale, not another tenant's usage.
+        ledger = Ledger(5 * RPM, 5 * TPM, window_s=WINDOW, first_window=False)
+        tickets = [ledger.admit(0.1 * i, 300) for i in range(10)]
+        ledger.observe(tickets[-1], 32, 6_000, 33, 6_666, now=1.5)
+        assert ledger.learned_per_minute[1] == 5 * TPM and ledger.foreign_tokens == 0
+        assert ledger.window.tokens == 3_000
+
     def test_foreign_usage_in_headers_slows_admission(self) -> None:
         ledger = Ledger(RPM, TPM, window_s=WINDOW, first_window=False)
         ticket = ledger.admit(0.0, 300)

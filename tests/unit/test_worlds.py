@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.worlds import World, run, utilization
+from tests.unit.worlds import Outcome, World, run, utilization
 from workers.learning import QuotaEstimate, read_hints
 
 METERINGS = ("sliding", "bucket", "fixed")
@@ -62,6 +62,26 @@ class TestWorlds:
         # fixed windows cap what any client can get; a bucket does not.
         assert steady >= (0.97 if metering == "bucket" else 0.75) and out.refused <= 3
 
+    @pytest.mark.parametrize("metering", ["sliding", "fixed"])
+    def test_a_shorter_window_than_the_job_assumes_is_found(self, metering: str) -> None:
+        # The job assumes 10 s; the deployment meters the same rate over 1 s. Its quick 429s with
+        # the job's copy far from full are tried as a shorter window first, and the next 429 (with
+        # the short copy full) confirms it: the rate stays, the bursts go.
+        world = World(metering=metering, window_s=1.0, headers="none")  # type: ignore[arg-type]
+        out, ledger = run(world)
+        steady, _ = utilization(world, out)
+        known = utilization(*_known_window(metering))[0]
+        assert ledger.short is not None and ledger.learned_per_minute == (200, 40_000)
+        assert steady >= known - 0.01 and out.refused <= 0.01 * out.sent, (steady, known, out.refused)
+
+    def test_a_low_quota_refusing_quickly_is_not_taken_for_a_short_window(self) -> None:
+        # A bucket admitting a fifth of what the job says refuses as quickly as a 1 s window does;
+        # its next 429 comes with the short copy far from full, and the job's copy measures the quota.
+        world = World(metering="bucket", job_tpm=200_000, job_rpm=1_000, headers="none")
+        out, ledger = run(world)
+        assert ledger.short is None and 34_000 <= ledger.learned_per_minute[1] <= 46_000
+        assert utilization(world, out)[0] >= 0.92 and out.refused <= 0.03 * out.sent
+
     def test_no_retry_after(self) -> None:
         world = World(retry_after=False, headers="none")
         out, _ = run(world)
@@ -93,6 +113,11 @@ class TestWorlds:
         out, _ = run(world)
         steady, _ = utilization(world, out)  # ours and theirs together
         assert steady >= 0.92 and out.refused <= 0.02 * out.sent, (steady, out.refused)
+
+
+def _known_window(metering: str) -> tuple[World, Outcome]:
+    world = World(metering=metering, window_s=1.0, job_window_s=1.0, headers="none")  # type: ignore[arg-type]
+    return world, run(world)[0]
 
 
 class TestQuotaEstimate:

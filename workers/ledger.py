@@ -67,6 +67,7 @@ class Ledger:
         self.bypass_windows = bypass_windows
         self.paused_until = now
         self.foreign_tokens = 0
+        self.foreign_requests = 0
         self.pauses = 0
         self.total_requests = 0
         self.total_tokens = 0
@@ -191,7 +192,7 @@ class Ledger:
         self.total_requests += 1
         self.total_tokens += tokens
         return Ticket(entry, *self.window.remaining, self.total_requests, self.total_tokens, self.tokens.level,
-                      self.window.request_limit, short)
+                      self.window.request_limit, short, self.foreign_requests, self.foreign_tokens)
 
     # --- what the server says -----------------------------------------------------------
 
@@ -224,8 +225,12 @@ class Ledger:
             # Usage of another tenant shows only in figures of a window like the copy's (a limit
             # not believed is a window of another length: its remaining counts compare with nothing).
             return
-        since_requests = self.total_requests - ticket.total_requests
-        since_tokens = self.total_tokens - ticket.total_tokens
+        # Since this request: what this client admitted just after it (within the guard: the server
+        # may have seen those first), and what other answers booked as others' usage meanwhile
+        # (in the copy now, not in this ticket's count).
+        raced_requests, raced_tokens = self.window.own_after(ticket.entry, self.window.guard_s)
+        since_requests = raced_requests + self.foreign_requests - ticket.foreign_requests
+        since_tokens = raced_tokens + self.foreign_tokens - ticket.foreign_tokens
         # A request limit moved while this request was out (a stated limit can move it five-fold at
         # once): its remaining count compares with nothing. Tokens are compared as admitted: after
         # a cut the difference is booked as others' usage for one window, a cautious reading that
@@ -239,6 +244,7 @@ class Ledger:
         gap_tokens = min(gap_tokens, self.window.token_limit // 4)
         if gap_requests > 0 or gap_tokens > 0:
             self.foreign_tokens += max(0, gap_tokens)
+            self.foreign_requests += max(0, gap_requests)
             self.window.add(ticket.entry.stamp, max(0, gap_requests), max(0, gap_tokens), foreign=True)
 
     def _fits_the_window(self, ticket: Ticket, server_used: int) -> bool:

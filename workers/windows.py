@@ -122,6 +122,17 @@ class WindowLog:
                 break
         return total
 
+    def own_after(self, entry: Entry, span_s: float) -> tuple[int, int]:
+        """This client's requests and tokens admitted after ``entry``, up to ``span_s`` seconds later."""
+        requests = tokens = 0
+        seen = False
+        for kept in self._entries:
+            if seen and not kept.foreign and kept.stamp <= entry.stamp + span_s:
+                requests += kept.requests
+                tokens += kept.tokens
+            seen = seen or kept is entry
+        return requests, tokens
+
     def add(self, now: float, requests: int, tokens: int, *, foreign: bool = False) -> Entry:
         """Record an admission (or foreign usage); returns the entry for a later refund."""
         self._expire(now)
@@ -160,3 +171,6 @@ class Ticket:
     request_limit: int = 0
     #: Its entry in the short window's copy, when one is kept (``Ledger.short``).
     short: Entry | None = None
+    #: Other tenants' requests and tokens the client had booked by then, in all.
+    foreign_requests: int = 0
+    foreign_tokens: int = 0

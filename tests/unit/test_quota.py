@@ -163,6 +163,16 @@ class TestLedger:
         assert ledger.learned_per_minute[1] == 5 * TPM and ledger.foreign_tokens == 0
         assert ledger.window.tokens == 3_000
 
+    def test_another_tenants_usage_is_booked_once_across_requests_in_flight(self) -> None:
+        # Both requests were admitted before either answer; both answers count the same 1,500 tokens
+        # of another tenant. The second must not book them again.
+        ledger = Ledger(RPM, TPM, window_s=WINDOW, first_window=False)
+        first = ledger.admit(0.0, 300)
+        second = ledger.admit(0.5, 300)
+        ledger.observe(first, first.remaining_requests - 1, first.remaining_tokens - 1_500, now=1.0)
+        ledger.observe(second, second.remaining_requests - 1, second.remaining_tokens - 1_500, now=1.5)
+        assert ledger.foreign_tokens == 1_500 and ledger.window.remaining[1] == 6_666 - 600 - 1_500
+
     def test_foreign_usage_in_headers_slows_admission(self) -> None:
         ledger = Ledger(RPM, TPM, window_s=WINDOW, first_window=False)
         ticket = ledger.admit(0.0, 300)

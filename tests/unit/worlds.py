@@ -89,13 +89,14 @@ def run(world: World, rows: int = 300, latency_s: float = 3.0, rtt_s: float = 0.
         wait = ledger.choose(now, room, 0.0)[1] if pending else float("inf")
         next_event = events[0][0] if events else float("inf")
         if world.foreign_share and next_foreign < min(now + wait, next_event):
-            now = next_foreign
+            # The other tenant sends from the start, before this job's first request too.
+            at, now = next_foreign, max(now, next_foreign)
             owed = min(owed + world.foreign_share * world.real_rpm / 60 * 0.05, 5.0)
-            while owed >= 1 and server.try_admit(now, foreign_size).admitted:
-                minute.add(now, 1, foreign_size)
+            while owed >= 1 and server.try_admit(at, foreign_size).admitted:
+                minute.add(at, 1, foreign_size)
                 out.foreign_tokens += foreign_size
                 owed -= 1
-            next_foreign = now + 0.05
+            next_foreign = at + 0.05
             continue
         if pending and now + wait <= next_event:
             now += wait

@@ -116,6 +116,12 @@ class Ledger:
             budget.capacity = max(1.0, rate * span)
 
     def _tick(self, now: float) -> None:
+        if self.total_requests == 0:
+            # Nothing sent yet (the key probe, the first rows being read): the slow start begins with
+            # the first request, and what the budgets would have saved meanwhile is not released at
+            # once on top of its first step.
+            self.requests._stamp = self.tokens._stamp = now
+            self._started = now
         if self.bonus_left != (0.0, 0.0):
             # A bucket holds a window at most: refills saved up while nothing was sent (the key
             # probe, the first answers) come out of what is still to be released.
@@ -309,9 +315,10 @@ class Ledger:
         fits two deployments: one admitting far less than the job says, or one metering the
         stated rate over a shorter window (1 s where the job assumes 10 s). The second is
         tried first (a copy of a 1 s window is kept beside the job's, the estimate untouched);
-        the next 429 decides: refused with the short copy full, the short window was right
-        and its copy is the measurement from then on; refused with room in it, the window was
-        not the reason and the job's copy measures the quota as before.
+        the next 429 decides: refused with the short copy full (and told to wait no longer
+        than such a window), the short window was right and its copy is the measurement from
+        then on; refused with room in it, or told to wait longer, the window was not the
+        reason and the job's copy measures the quota as before.
         """
         if ticket.entry.stamp < self._learned_at:
             return False, False  # sent before the last lesson was drawn: the same evidence again
@@ -328,7 +335,8 @@ class Ledger:
             return False, True
         if self.short is not None:
             short, stated = self.short, self._short_stated
-            if short.tokens + refused >= 0.9 * short.token_limit or short.requests + 1 >= short.request_limit:
+            full = short.tokens + refused >= 0.9 * short.token_limit or short.requests + 1 >= short.request_limit
+            if full and (retry_after_s is None or retry_after_s <= 2 * SHORT_WINDOW_S):
                 used = ((short.tokens + refused / 2) / stated[1], (short.requests + 0.5) / stated[0])
                 return self.estimate.on_429(now, *used), False
             self.short = None

@@ -137,6 +137,26 @@ class TestLedger:
         assert (ledger.window.guard_s, ledger._burst_share) == (guard, share / 2)
         assert ledger.delay(0.1, 1) == pytest.approx(2.0)
 
+    def test_the_slow_start_begins_with_the_first_request(self) -> None:
+        # The key probe and the first reads took 8 s: the first instant still sends only the steady
+        # burst and the first step of the window, not eight seconds of refills on top.
+        ledger = Ledger(RPM, TPM, window_s=WINDOW)
+        sent = 0
+        while ledger.delay(8.0, 300) == 0.0:
+            ledger.admit(8.0, 300)
+            sent += 300
+        step = (6_666 - 666) / Ledger.BONUS_STEPS
+        assert 666 <= sent <= 666 + step + 300
+
+    def test_a_short_window_is_dropped_when_its_429_says_to_wait_longer_than_one(self) -> None:
+        ledger = Ledger(5 * RPM, 5 * TPM, window_s=WINDOW, first_window=False)
+        first = ledger.admit(0.0, 300)
+        ledger.rate_limited(0.1, first, retry_after_s=0.2)  # quick, the copy nearly empty: a 1 s window?
+        assert ledger.short is not None and ledger.learned_per_minute[1] == 5 * TPM
+        tickets = [ledger.admit(1.0 + 0.01 * i, 300) for i in range(11)]  # the short copy full
+        ledger.rate_limited(1.2, tickets[-1], retry_after_s=7.0)  # but no 1 s window says wait 7 s
+        assert ledger.short is None and ledger.learned_per_minute[1] < 5 * TPM
+
     def test_a_reading_across_a_moved_request_limit_books_nothing(self) -> None:
         ledger = Ledger(RPM, TPM, window_s=WINDOW, first_window=False)
         ticket = ledger.admit(0.0, 300)

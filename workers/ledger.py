@@ -12,15 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from workers import shortwindow
 from workers.learning import QuotaEstimate, QuotaMode, read_hints
+from workers.shortwindow import SHORT_WINDOW_S, ShortWindow
 from workers.windows import Budget, Ticket, WindowLog
-
-#: The window a deployment is suspected of metering over when it refuses far below the job's
-#: window: the shortest plausible (a copy of it at the stated rate is safe under any longer one).
-SHORT_WINDOW_S = 1.0
-#: A 429 suggests a shorter window than the job's when the copy held under this share of its
-#: limit and ``retry-after`` is under this share of the job's window.
-SHORT_HELD, SHORT_RETRY = 1 / 3, 0.25
 
 
 class Ledger:
@@ -51,7 +46,7 @@ class Ledger:
         self.requests = Budget(1.0, 1.0, now)
         self.tokens = Budget(1.0, 1.0, now)
         #: A copy of a shorter window than the job's, kept once the deployment's 429s suggest one.
-        self.short: WindowLog | None = None
+        self.short: ShortWindow | None = None
         self._burst_share = 1.0
         #: ``bucket``: the server is taken to be a bucket of one window, refilled at the rate (a
         #: fresh deployment's whole window, then the steady rate, no window copy consulted);
@@ -106,9 +101,7 @@ class Ledger:
         self.window.request_limit = max(1, int(self.stated_window[0] * self.estimate.requests))
         self.window.token_limit = max(1, int(self.stated_window[1] * self.estimate.tokens))
         if self.short is not None:
-            stated = self._short_stated
-            self.short.request_limit = max(1, int(stated[0] * self.estimate.requests))
-            self.short.token_limit = max(1, int(stated[1] * self.estimate.tokens))
+            self.short.apply(self.estimate.requests, self.estimate.tokens)
         for budget, rate in ((self.requests, rps), (self.tokens, tps)):
             budget._refill(now)
             budget.per_second = rate
@@ -154,7 +147,7 @@ class Ledger:
             self.requests.wait(now, 1),
             self.tokens.wait(now, tokens),
             self.window.wait(now, tokens) if self.model == "sliding" else 0.0,
-            self.short.wait(now, tokens) if self.short is not None else 0.0,
+            self.short.log.wait(now, tokens) if self.short is not None else 0.0,
         )
         return wait if wait > 1e-6 else 0.0  # float residue of a refill is not a wait
 
@@ -194,7 +187,7 @@ class Ledger:
         self.requests.take(now, 1)
         self.tokens.take(now, tokens)
         entry = self.window.add(now, 1, tokens)
-        short = self.short.add(now, 1, tokens) if self.short is not None else None
+        short = self.short.log.add(now, 1, tokens) if self.short is not None else None
         self.total_requests += 1
         self.total_tokens += tokens
         return Ticket(entry, *self.window.remaining, self.total_requests, self.total_tokens, self.tokens.level,
@@ -279,9 +272,9 @@ class Ledger:
         held = self.window.tokens  # what the last window held, the refused request included
         self.window.refund(ticket.entry)
         if self.short is not None:
-            self.short._expire(now)
+            self.short.log._expire(now)
             if ticket.short is not None:
-                self.short.refund(ticket.short)
+                self.short.log.refund(ticket.short)
         self.rate_limited_responses += 1
         self.refused_tokens += refused
         learned, probing = self._lesson(now, ticket, held, refused, retry_after_s)
@@ -300,25 +293,14 @@ class Ledger:
         self.tokens.drain(now)
         return learned
 
-    @property
-    def _short_stated(self) -> tuple[float, float]:
-        """The stated quota over the short window (requests, tokens)."""
-        scale = SHORT_WINDOW_S / self.window_s
-        return self.stated_window[0] * scale, self.stated_window[1] * scale
-
     def _lesson(self, now: float, ticket: Ticket, held: int, refused: int,
                 retry_after_s: float | None) -> tuple[bool, bool]:
         """What a 429 of ``ticket`` (``refused`` tokens) teaches, the window copy having ``held`` tokens:
         (the estimate went down, it was the slow start's answer).
 
         Past the slow start, a refusal with the copy far from full and a short ``retry-after``
-        fits two deployments: one admitting far less than the job says, or one metering the
-        stated rate over a shorter window (1 s where the job assumes 10 s). The second is
-        tried first (a copy of a 1 s window is kept beside the job's, the estimate untouched);
-        the next 429 decides: refused with the short copy full (and told to wait no longer
-        than such a window), the short window was right and its copy is the measurement from
-        then on; refused with room in it, or told to wait longer, the window was not the
-        reason and the job's copy measures the quota as before.
+        may come from a shorter window than the job's: that reading is tried first, and the
+        next 429 decides (``workers.shortwindow``).
         """
         if ticket.entry.stamp < self._learned_at:
             return False, False  # sent before the last lesson was drawn: the same evidence again
@@ -334,16 +316,13 @@ class Ledger:
                 self.model = "sliding"
             return False, True
         if self.short is not None:
-            short, stated = self.short, self._short_stated
-            full = short.tokens + refused >= 0.9 * short.token_limit or short.requests + 1 >= short.request_limit
-            if full and (retry_after_s is None or retry_after_s <= 2 * SHORT_WINDOW_S):
-                used = ((short.tokens + refused / 2) / stated[1], (short.requests + 0.5) / stated[0])
+            used = self.short.used(refused, retry_after_s)
+            if used is not None:
                 return self.estimate.on_429(now, *used), False
             self.short = None
-        elif self._suggests_short(held, retry_after_s):
-            self.short = WindowLog(1, 1, SHORT_WINDOW_S, self.window.guard_s)
-            for entry in self.window.entries_since(now - SHORT_WINDOW_S):
-                self.short.add(entry.stamp, entry.requests, entry.tokens)
+        elif shortwindow.suggested(self.window, self.window_s, held, retry_after_s):
+            self.short = ShortWindow(self.stated_window, self.window_s, self.window.guard_s,
+                                     self.window.entries_since(now - SHORT_WINDOW_S))
             self._apply(now)
             return False, False
         # The server held at least what the copy holds, and less than that plus the refused
@@ -351,9 +330,3 @@ class Ledger:
         used_tokens = (self.window.tokens + refused / 2) / self.stated_window[1]
         used_requests = (self.window.requests + 0.5) / self.stated_window[0]
         return self.estimate.on_429(now, used_tokens, used_requests), False
-
-    def _suggests_short(self, held: int, retry_after_s: float | None) -> bool:
-        """Whether a 429 past the slow start may come from a window shorter than the job's."""
-        return (retry_after_s is not None and retry_after_s < SHORT_RETRY * self.window_s
-                and self.window_s > SHORT_WINDOW_S and held < SHORT_HELD * self.window.token_limit
-                and self.window.requests + 1 < SHORT_HELD * self.window.request_limit)

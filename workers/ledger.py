@@ -32,6 +32,7 @@ class Ledger:
 
     BONUS_STEPS = 8
     BONUS_WINDOWS = 4
+    BYPASS_FLOOR_S = 20.0
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
                  burst_s: float | None = None, guard_s: float = 0.05, bypass_windows: float = 2.0,
@@ -155,9 +156,10 @@ class Ledger:
         """Which of the waiting requests (oldest first) may go now.
 
         The oldest goes as soon as it fits. Until it has waited ``bypass_windows``
-        windows, a younger one that fits the room left at the window's edge may go
-        first (the oldest cannot use that room yet anyway); after that, nobody overtakes
-        it. Returns the index and 0, or ``None`` and how long to wait before asking again.
+        windows (``BYPASS_FLOOR_S`` at least: two 1 s windows would leave a short window's
+        packing to arrival order), a younger one that fits the room left at the window's
+        edge may go first (the oldest cannot use that room yet anyway); after that, nobody
+        overtakes it. Returns the index and 0, or ``None`` and how long to wait before asking again.
         """
         self._tick(now)  # once: the candidates are weighed against the same state
         first = self._wait(now, costs[0])
@@ -165,7 +167,7 @@ class Ledger:
             return 0, 0.0
         # While the first window is being released, ask again at its next step.
         step = self._next_bonus - now if self.bonus_left != (0.0, 0.0) and self._next_bonus > now else first
-        bypass_left = self.window.window_s * self.bypass_windows - oldest_waited_s
+        bypass_left = max(self.BYPASS_FLOOR_S, self.window.window_s * self.bypass_windows) - oldest_waited_s
         if bypass_left <= 1e-6:
             return (0, 0.0) if first == 0.0 else (None, min(first, step))
         soonest, best = first, 0 if first == 0.0 else None

@@ -85,7 +85,7 @@ class TestLedger:
         assert 0 < wait <= 1.0 - now + 0.05  # until the full window expires (plus the guard), no longer
         # (that small requests cannot overtake it meanwhile is the admission line's job: see below)
 
-    def test_younger_rows_fill_the_window_edge_for_two_windows_at_most(self) -> None:
+    def test_younger_rows_fill_the_window_edge_for_a_while_at_most(self) -> None:
         # 100 tokens per second
         ledger = Ledger(60_000, 6_000, window_s=1.0, burst_s=1.0, guard_s=0.0, first_window=False)
         ledger.admit(0.0, 70)
@@ -93,11 +93,15 @@ class TestLedger:
         ledger.admit(0.0, 30)
         index, wait = ledger.choose(0.5, [40, 50], oldest_waited_s=0.5)
         assert index is None and 0 < wait <= 0.5
-        # Once the oldest has waited two windows, nobody overtakes it, even if they would fit.
+        # Once the oldest has waited two windows (20 s at least), nobody overtakes it, even if they would fit.
         ledger2 = Ledger(60_000, 6_000, window_s=1.0, burst_s=1.0, guard_s=0.0, first_window=False)
         ledger2.admit(0.0, 70)
-        assert ledger2.choose(0.0, [40, 30], oldest_waited_s=1.9)[0] == 1
-        assert ledger2.choose(0.0, [40, 30], oldest_waited_s=2.0)[0] is None
+        assert ledger2.choose(0.0, [40, 30], oldest_waited_s=19.9)[0] == 1
+        assert ledger2.choose(0.0, [40, 30], oldest_waited_s=20.0)[0] is None
+        ledger3 = Ledger(6_000, 60_000, window_s=10.0, burst_s=10.0, guard_s=0.0, first_window=False)
+        ledger3.admit(0.0, 9_930)
+        assert ledger3.choose(0.0, [400, 30], oldest_waited_s=19.9)[0] == 1
+        assert ledger3.choose(0.0, [400, 30], oldest_waited_s=20.0)[0] is None
 
     def test_request_quota_binds_too(self) -> None:
         ledger = Ledger(60, 10**9, window_s=WINDOW, burst_s=WINDOW, first_window=False)  # 10 requests per window

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.worlds import Outcome, World, run, utilization
+from tests.unit.worlds import Outcome, World, benchmark_costs, run, translation_costs, utilization
 from workers.learning import QuotaEstimate, read_hints
 
 METERINGS = ("sliding", "bucket", "fixed")
@@ -109,10 +109,18 @@ class TestWorlds:
 
     @pytest.mark.parametrize("headers", ["none", "window"])
     def test_another_tenant_keeps_the_deployment_full(self, headers: str) -> None:
-        world = World(foreign_share=0.3, headers=headers)
-        out, _ = run(world)
-        steady, _ = utilization(world, out)  # ours and theirs together
-        assert steady >= 0.92 and out.refused <= 0.02 * out.sent, (steady, out.refused)
+        # Where each 429 falls depends on how the tenant's requests and this job's interleave, so
+        # one run is one draw: over both row sets, three answer latencies and a late first request,
+        # the deployment (ours and theirs together) is full on average and never far from it.
+        world = World(foreign_share=0.3, headers=headers)  # type: ignore[arg-type]
+        steadies = []
+        for costs in (translation_costs(300), benchmark_costs(300)):
+            for latency_s in (0.9, 2.3, 3.0):
+                for start_s in (0.0, 1.5):
+                    out, _ = run(world, costs=costs, latency_s=latency_s, start_s=start_s)
+                    steadies.append(utilization(world, out)[0])
+                    assert out.refused <= 0.02 * out.sent, (costs[:3], latency_s, start_s, out.refused)
+        assert sum(steadies) / len(steadies) >= 0.92 and min(steadies) >= 0.89, steadies
 
 
 def _known_window(metering: str) -> tuple[World, Outcome]:

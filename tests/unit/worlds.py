@@ -59,6 +59,18 @@ def translation_costs(rows: int, max_tokens: int = 256) -> list[int]:
     return [max_tokens + 28 + 22 * (1 + (i * 7919) % 4) for i in range(rows)]
 
 
+#: Tokens of the benchmark's seven sentences (``benchmarks.quota.SENTENCES``, Mistral Large's
+#: tokenizer) and of its system message, template and ``max_tokens`` around them.
+SENTENCE_TOKENS = (15, 19, 22, 16, 19, 18, 20)
+BENCHMARK_BASE = 272
+
+
+def benchmark_costs(rows: int) -> list[int]:
+    """Charges of the real-time benchmark's rows (``benchmarks.quota.write_prompts``), in its order."""
+    return [BENCHMARK_BASE + sum(SENTENCE_TOKENS[(i + k) % 7] for k in range(1 + (i * 7919) % 4))
+            for i in range(rows)]
+
+
 def run(world: World, rows: int = 300, latency_s: float = 3.0, rtt_s: float = 0.005, look_ahead: int = 12,
         costs: list[int] | None = None, start_s: float = 0.0, jitter_s: float = 0.0,
         seed: int = 0) -> tuple[Outcome, Ledger]:
@@ -69,6 +81,7 @@ def run(world: World, rows: int = 300, latency_s: float = 3.0, rtt_s: float = 0.
     queue = list(costs or translation_costs(rows))
     rows = len(queue)
     room: list[int] = []
+    since: list[float] = []  # when each waiting row joined the look-ahead (the age rule reads the oldest's)
     server = meter(world.metering, world.real_rpm, world.real_tpm, world.window_s, 0.0)
     minute = MinuteTally(world.real_rpm, world.real_tpm)
     ledger = Ledger(world.job_rpm, world.job_tpm, window_s=world.job_window_s, now=0.0, mode=world.mode)
@@ -85,8 +98,9 @@ def run(world: World, rows: int = 300, latency_s: float = 3.0, rtt_s: float = 0.
             return out, ledger
         while len(room) < look_ahead and queue:
             room.append(queue.pop(0))
+            since.append(now)
         pending = bool(room)
-        wait = ledger.choose(now, room, 0.0)[1] if pending else float("inf")
+        wait = ledger.choose(now, room, now - since[0])[1] if pending else float("inf")
         next_event = events[0][0] if events else float("inf")
         if world.foreign_share and next_foreign < min(now + wait, next_event):
             # The other tenant sends from the start, before this job's first request too.
@@ -100,10 +114,11 @@ def run(world: World, rows: int = 300, latency_s: float = 3.0, rtt_s: float = 0.
             continue
         if pending and now + wait <= next_event:
             now += wait
-            index = ledger.choose(now, room, 0.0)[0]
+            index = ledger.choose(now, room, now - since[0])[0]
             if index is None:
                 continue
             cost = room.pop(index)
+            since.pop(index)
             ticket = ledger.admit(now, cost)
             cost_of[id(ticket)] = cost
             out.sent += 1

@@ -263,7 +263,9 @@ class Ledger:
         """A 429: refund the request, learn from it, pause everyone until the server has room.
 
         In the slow start, the first 429 only ends it (this deployment does not take a
-        whole window at once). Otherwise what the window copy held is evidence of the
+        whole window at once), and halves bursts unless the copy held its whole window
+        then (the refusal of a log or fixed windows at the stated quota, which the copy
+        foresees from then on). Otherwise what the window copy held is evidence of the
         real quota (``QuotaEstimate.on_429``), the copy's guard doubles (up to 1 s), bursts
         are halved (down to a quarter second's worth), and the pool resumes at the steady
         rate. Without ``retry-after`` the pause lasts until the copy, with the new
@@ -280,7 +282,10 @@ class Ledger:
         self.rate_limited_responses += 1
         self.refused_tokens += refused
         learned, probing = self._lesson(now, ticket, held, refused, retry_after_s)
-        if now >= self.paused_until:
+        # The slow start's 429 with the copy holding its whole window is what a log or fixed windows
+        # at the stated quota give: the copy is right, and its pace needs no smaller bursts.
+        explained = probing and self.estimate.mode == "cap" and held >= 0.98 * self.window.token_limit
+        if now >= self.paused_until and not explained:
             self._burst_share = max(0.25, self._burst_share / 2)
             if not probing:  # the slow start's 429 says nothing of late stamps
                 self.window.widen_guard()

@@ -161,6 +161,14 @@ class TestLedger:
         ledger.rate_limited(1.2, tickets[-1], retry_after_s=7.0)  # but no 1 s window says wait 7 s
         assert ledger.short is None and ledger.learned_per_minute[1] < 5 * TPM
 
+    def test_the_slow_starts_429_with_the_whole_window_held_keeps_the_bursts(self) -> None:
+        # A log or fixed windows at the stated quota refuse once the window is spent: the copy
+        # foresees that from now on, so the pace it sets needs no smaller bursts.
+        ledger = Ledger(RPM, TPM, window_s=WINDOW)
+        tickets = [ledger.admit(0.1 * i, 300) for i in range(23)]  # 6,900 tokens: the window and more
+        ledger.rate_limited(3.0, tickets[-1], retry_after_s=7.0)
+        assert ledger.model == "sliding" and ledger._burst_share == 1.0
+
     def test_a_reading_across_a_moved_request_limit_books_nothing(self) -> None:
         ledger = Ledger(RPM, TPM, window_s=WINDOW, first_window=False)
         ticket = ledger.admit(0.0, 300)

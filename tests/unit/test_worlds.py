@@ -72,7 +72,8 @@ class TestWorlds:
         steady, _ = utilization(world, out)
         known = utilization(*_known_window(metering))[0]
         assert ledger.short is not None and ledger.learned_per_minute == (200, 40_000)
-        assert steady >= known - 0.01 and out.refused <= 0.01 * out.sent, (steady, known, out.refused)
+        # Within 2 % of the job that states the window (it crawled at 0.32 before the window was found).
+        assert steady >= known - 0.02 and out.refused <= 0.01 * out.sent, (steady, known, out.refused)
 
     def test_a_low_quota_refusing_quickly_is_not_taken_for_a_short_window(self) -> None:
         # A bucket admitting a fifth of what the job says refuses as quickly as a 1 s window does;

@@ -104,6 +104,7 @@ MATRIX: list[tuple[str, list[str]]] = [
       for m in ("sliding", "bucket", "fixed") for h in ("window", "minute", "sentinel", "none")],
     *[(f"{m}-1s-window", ["--metering", m, "--window", "1"]) for m in ("sliding", "bucket", "fixed")],
     ("sliding-1s-unknown-to-job", ["--window", "1", "--job-window", "10", "--headers", "none"]),
+    ("sliding-1s-unknown-to-job-headers", ["--window", "1", "--job-window", "10"]),
     ("no-retry-after", ["--no-retry-after", "--headers", "none"]),
     ("overstated-5x", ["--tpm", "200000", "--rpm", "1000", "--real-tpm", "40000", "--real-rpm", "200",
                        "--headers", "none"]),

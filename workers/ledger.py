@@ -217,7 +217,8 @@ class Ledger:
         believed = True
         if scale == "window" and min((x for x in limits if x is not None), default=1.0) < 0.5:
             believed = hints.limit_tokens is not None and hints.remaining_tokens is not None and \
-                self._fits_the_window(ticket, hints.limit_tokens - hints.remaining_tokens)
+                self._fits_the_window(ticket, hints.limit_tokens - hints.remaining_tokens,
+                                      hints.limit_tokens / self.stated_window[1])
             if not believed:
                 limits = (None, None)
         if self.estimate.on_limit(at, *limits):
@@ -248,16 +249,18 @@ class Ledger:
             self.foreign_requests += max(0, gap_requests)
             self.window.add(ticket.entry.stamp, max(0, gap_requests), max(0, gap_tokens), foreign=True)
 
-    def _fits_the_window(self, ticket: Ticket, server_used: int) -> bool:
+    def _fits_the_window(self, ticket: Ticket, server_used: int, share: float) -> bool:
         """Whether the server's usage figure is what this client sent over the job's window.
 
-        A stated limit far below the job's means a lower quota, or the same quota over a
-        shorter window (a 1 s window's limit is a tenth of a 10 s one's): only when the
-        server's count of what it holds matches what this client sent over the job's
-        window is it the first.
+        A stated limit far below the job's (``share`` of it) means a lower quota, or the
+        same quota over a shorter window (a 1 s window's limit is a tenth of a 10 s one's):
+        only when the server's count of what it holds matches what this client sent over
+        the job's window, and not what it sent over the shorter window, is it the first
+        (early on, when everything sent is recent, the two agree and nothing is believed).
         """
         ours = self.window.own_tokens_through(ticket.entry, self.window_s)
-        return server_used > 0 and abs(ours - server_used) <= 0.25 * server_used
+        shorter = self.window.own_tokens_through(ticket.entry, self.window_s * share)
+        return server_used > 0 and abs(ours - server_used) <= 0.25 * server_used < abs(shorter - server_used)
 
     def rate_limited(self, now: float, ticket: Ticket, retry_after_s: float | None) -> bool:
         """A 429: refund the request, learn from it, pause everyone until the server has room.
@@ -274,6 +277,7 @@ class Ledger:
         refused = ticket.entry.tokens  # the refund below zeroes the entry
         self.window._expire(now)
         held = self.window.tokens  # what the last window held, the refused request included
+        held_requests = self.window.requests
         self.window.refund(ticket.entry)
         if self.short is not None:
             self.short.log._expire(now)
@@ -284,7 +288,8 @@ class Ledger:
         learned, probing = self._lesson(now, ticket, held, refused, retry_after_s)
         # The slow start's 429 with the copy holding its whole window is what a log or fixed windows
         # at the stated quota give: the copy is right, and its pace needs no smaller bursts.
-        explained = probing and self.estimate.mode == "cap" and held >= 0.98 * self.window.token_limit
+        explained = probing and self.estimate.mode == "cap" and (
+            held >= 0.98 * self.window.token_limit or held_requests >= self.window.request_limit)
         if now >= self.paused_until and not explained:
             self._burst_share = max(0.25, self._burst_share / 2)
             if not probing:  # the slow start's 429 says nothing of late stamps

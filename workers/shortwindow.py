@@ -48,7 +48,8 @@ class ShortWindow:
         self.stated = (stated_window[0] * scale, stated_window[1] * scale)
         self.log = WindowLog(1, 1, SHORT_WINDOW_S, guard_s)
         for entry in recent:
-            self.log.add(entry.stamp, entry.requests, entry.tokens)
+            if not entry.foreign:  # others' usage is booked at a request's stamp, a quarter window at once
+                self.log.add(entry.stamp, entry.requests, entry.tokens)
 
     def apply(self, requests_share: float, tokens_share: float) -> None:
         """Put the estimate's shares of the stated quota into the copy's limits."""
@@ -59,7 +60,8 @@ class ShortWindow:
         """At a 429 of ``refused`` tokens (already refunded): the shares of the stated quota the
         short copy held (tokens, requests) if the 429 confirms the short window, else ``None``."""
         log = self.log
-        full = log.tokens + refused >= CONFIRM_FULL * log.token_limit or log.requests + 1 >= log.request_limit
+        full = log.tokens + refused >= CONFIRM_FULL * log.token_limit or \
+            log.requests >= max(1, log.request_limit - 1)  # another request beside the refused one
         if not full or (retry_after_s is not None and retry_after_s > CONFIRM_RETRY_S):
             return None
         return (log.tokens + refused / 2) / self.stated[1], (log.requests + 0.5) / self.stated[0]

@@ -116,21 +116,29 @@ class WindowLog:
         (what the server had seen of this client when it admitted that request, if in order)."""
         total = 0
         for kept in self._entries:
-            if kept.stamp > entry.stamp - span_s and not kept.foreign:
+            if kept.foreign:
+                continue
+            if kept.stamp > entry.stamp:
+                break  # past it (``entry`` itself expired): what follows came later
+            if kept.stamp > entry.stamp - span_s:
                 total += kept.tokens
             if kept is entry:
                 break
         return total
 
     def own_after(self, entry: Entry, span_s: float) -> tuple[int, int]:
-        """This client's requests and tokens admitted after ``entry``, up to ``span_s`` seconds later."""
+        """This client's requests and tokens admitted after ``entry``, up to ``span_s`` seconds later.
+
+        From the newest back, so the cost is what was admitted since ``entry`` (a request's
+        answer comes back within a latency, not a window).
+        """
         requests = tokens = 0
-        seen = False
-        for kept in self._entries:
-            if seen and not kept.foreign and kept.stamp <= entry.stamp + span_s:
+        for kept in reversed(self._entries):
+            if kept is entry or (not kept.foreign and kept.stamp < entry.stamp):
+                break  # reached it (or passed it: ``entry`` expired)
+            if not kept.foreign and kept.stamp <= entry.stamp + span_s:
                 requests += kept.requests
                 tokens += kept.tokens
-            seen = seen or kept is entry
         return requests, tokens
 
     def add(self, now: float, requests: int, tokens: int, *, foreign: bool = False) -> Entry:
@@ -144,7 +152,7 @@ class WindowLog:
 
     def refund(self, entry: Entry) -> None:
         """The server did not admit this request after all (it answered 429)."""
-        if entry in self._entries:
+        if any(kept is entry for kept in self._entries):
             self.requests -= entry.requests
             self.tokens -= entry.tokens
             entry.requests = entry.tokens = 0

@@ -180,11 +180,22 @@ class TestLedger:
 
     def test_a_stated_limit_is_checked_against_this_clients_requests_up_to_the_answered_one(self) -> None:
         # Requests admitted in one instant share a stamp; the server, answering the first, had seen
-        # only the first. A lower stated limit whose usage matches that is a lower quota, believed.
+        # only the first of them. A limit a fifth of the job's whose usage matches what the job sent
+        # over the window up to that request (and not over a fifth of it) is a lower quota, believed.
+        ledger = Ledger(5 * RPM, 5 * TPM, window_s=WINDOW, first_window=False)
+        for second in range(6):
+            ledger.admit(float(second), 300)
+        tickets = [ledger.admit(6.0, 300) for _ in range(10)]
+        ledger.observe(tickets[0], 26, 6_666 - 2_100, 33, 6_666, now=6.5)
+        assert ledger.learned_per_minute[1] == pytest.approx(TPM, rel=0.01)
+
+    def test_a_stated_limit_that_may_be_a_shorter_windows_waits_for_evidence(self) -> None:
+        # Everything sent so far is a second old: the figures fit a fifth of the quota over 10 s
+        # and the whole quota over 2 s alike. Nothing is believed yet.
         ledger = Ledger(5 * RPM, 5 * TPM, window_s=WINDOW, first_window=False)
         tickets = [ledger.admit(0.0, 300) for _ in range(10)]
         ledger.observe(tickets[0], 32, 6_666 - 300, 33, 6_666, now=0.5)
-        assert ledger.learned_per_minute[1] == pytest.approx(TPM, rel=0.01)
+        assert ledger.learned_per_minute[1] == 5 * TPM and ledger.foreign_tokens == 0
 
     def test_a_stated_limit_not_believed_books_no_other_tenant(self) -> None:
         # A limit a fifth of the job's whose usage does not match this client's (a shorter window's
@@ -219,6 +230,31 @@ class TestLedger:
 
 class TestParts:
     """The budget and the window copy on their own."""
+
+    def test_what_the_client_sent_around_one_request(self) -> None:
+        log = WindowLog(request_limit=100, token_limit=10_000, window_s=10)
+        log.add(0.0, 1, 100)
+        answered = log.add(1.0, 1, 200)
+        log.add(1.0, 1, 300)  # same instant, after it
+        log.add(1.0, 2, 900, foreign=True)  # another tenant's, booked at its stamp
+        log.add(1.03, 1, 400)
+        log.add(2.0, 1, 500)
+        assert log.own_tokens_through(answered, 10.0) == 300  # itself and what came before, none of theirs
+        assert log.own_tokens_through(answered, 0.5) == 200
+        assert log.own_after(answered, 0.05) == (2, 700)  # those the server may have seen first
+        log._expire(11.02)  # the answered request (and the one beside it) have left the copy
+        assert log.own_tokens_through(answered, 10.0) == 0 and log.own_after(answered, 0.05) == (1, 400)
+
+    def test_a_short_window_is_not_confirmed_by_a_429_with_nothing_else_in_it(self) -> None:
+        from workers.shortwindow import ShortWindow
+
+        short = ShortWindow((33, 6_666), 10.0, 0.05, [])
+        short.apply(0.3, 1.0)  # a request limit of 1 after a cut
+        assert short.log.request_limit == 1
+        assert short.used(300, retry_after_s=0.5) is None  # the copy was empty: not a full window
+        short.log.add(0.0, 1, 300)
+        assert short.used(300, retry_after_s=0.5) is not None
+        assert short.used(300, retry_after_s=5.0) is None  # no 1 s window says wait 5 s
 
     def test_budget_overdraft_is_paid_back(self) -> None:
         budget = Budget(per_second=100, capacity=100, now=0.0)

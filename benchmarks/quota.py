@@ -177,14 +177,14 @@ def run_matrix(args: argparse.Namespace) -> None:
         except (ValueError, IndexError):
             return name, {"failed": done.stderr[-500:]}
 
-    print(f"{'world':28s} {'steady':>7s} {'credited':>8s} {'429s':>12s} {'rows':>5s} {'span s':>7s}  "
+    print(f"{'world':34s} {'steady':>7s} {'credited':>8s} {'429s':>12s} {'rows':>5s} {'span s':>7s}  "
           "learned tokens/min")
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         for name, f in pool.map(one, worlds):
             if "failed" in f:
-                print(f"{name:28s} failed: {f['failed']}")
+                print(f"{name:34s} failed: {f['failed']}")
                 continue
-            print(f"{name:28s} {f['steady']:7.3f} {f['credited']:8.3f} {f['rate_limited']:4d} ({f['share_429']:5.1%}) "
+            print(f"{name:34s} {f['steady']:7.3f} {f['credited']:8.3f} {f['rate_limited']:4d} ({f['share_429']:5.1%}) "
                   f"{f['rows']:5d} {f['span_s']:7.1f}  {f['learned_tpm']}", flush=True)
 
 

@@ -111,6 +111,8 @@ MATRIX: list[tuple[str, list[str]]] = [
     ("overstated-5x-headers", ["--tpm", "200000", "--rpm", "1000", "--real-tpm", "40000", "--real-rpm", "200"]),
     ("understated-2x-auto", ["--tpm", "20000", "--rpm", "100", "--real-tpm", "40000", "--real-rpm", "200",
                              "--quota-mode", "auto", "--headers", "none"]),
+    ("understated-2x-auto-headers", ["--tpm", "20000", "--rpm", "100", "--real-tpm", "40000", "--real-rpm", "200",
+                                     "--quota-mode", "auto"]),
     ("foreign-30", ["--foreign-share", "0.3", "--headers", "none"]),
     ("foreign-30-headers", ["--foreign-share", "0.3"]),
 ]

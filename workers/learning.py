@@ -26,12 +26,14 @@ what the client's window copy holds then *is* a measurement of the real window:
 
 ``read_hints`` — ``x-ratelimit-*`` values believed only when plausible: non-negative
 integers (``-1`` and garbage are dropped), remaining not above the limit; the limit, when
-present, names the scale (the window's figures or the minute's); without one, a remaining
+present, names the scale (the window's figures or the minute's, whichever it is nearer by
+ratio); without one, a remaining
 larger than the window's whole allowance can only count the minute.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -161,8 +163,12 @@ def read_hints(remaining_requests: int | None, remaining_tokens: int | None, lim
         if remaining is None and limit is None:
             out[kind] = (None, None)
             continue
-        minute = (limit is not None and limit > 1.5 * stated) or (limit is None and remaining is not None
-                                                                   and remaining > 1.1 * stated)
+        if limit is not None:
+            # The scale whose figure the limit is nearer (by ratio): a window's limit twice the job's
+            # (a quota the job understates) is not a minute's, which is 60 / window_s times it.
+            minute = abs(math.log(limit / (stated * 60 / window_s))) < abs(math.log(limit / stated))
+        else:
+            minute = remaining is not None and remaining > 1.1 * stated
         factor = window_s / 60 if minute else 1.0
         scale = "minute" if minute else "window"
         out[kind] = (None if remaining is None else int(remaining * factor),

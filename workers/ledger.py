@@ -193,7 +193,8 @@ class Ledger:
         self.total_requests += 1
         self.total_tokens += tokens
         return Ticket(entry, *self.window.remaining, self.total_requests, self.total_tokens, self.tokens.level,
-                      self.window.request_limit, short, self.foreign_requests, self.foreign_tokens)
+                      self.window.request_limit, short, self.foreign_requests, self.foreign_tokens,
+                      self.window.token_limit)
 
     # --- what the server says -----------------------------------------------------------
 
@@ -233,15 +234,10 @@ class Ledger:
         raced_requests, raced_tokens = self.window.own_after(ticket.entry, self.window.guard_s)
         since_requests = raced_requests + self.foreign_requests - ticket.foreign_requests
         since_tokens = raced_tokens + self.foreign_tokens - ticket.foreign_tokens
-        # A request limit moved while this request was out (a stated limit can move it five-fold at
-        # once): its remaining count compares with nothing. Tokens are compared as admitted: after
-        # a cut the difference is booked as others' usage for one window, a cautious reading that
-        # spares the deployment a 429 when the cut came from another tenant's burst.
-        gap_requests = (ticket.remaining_requests - hints.remaining_requests - since_requests
-                        if hints.remaining_requests is not None and ticket.request_limit == self.window.request_limit
-                        else 0)
-        gap_tokens = (ticket.remaining_tokens - hints.remaining_tokens - since_tokens
-                      if hints.remaining_tokens is not None else 0)
+        gap_requests = _unexplained(hints.remaining_requests, hints.limit_requests, ticket.remaining_requests,
+                                    ticket.request_limit, self.window.request_limit) - since_requests
+        gap_tokens = _unexplained(hints.remaining_tokens, hints.limit_tokens, ticket.remaining_tokens,
+                                  ticket.token_limit, self.window.token_limit) - since_tokens
         gap_requests = min(gap_requests, self.window.request_limit // 4)
         gap_tokens = min(gap_tokens, self.window.token_limit // 4)
         if gap_requests > 0 or gap_tokens > 0:
@@ -342,3 +338,21 @@ class Ledger:
         used_tokens = (self.window.tokens + refused / 2) / self.stated_window[1]
         used_requests = (self.window.requests + 0.5) / self.stated_window[0]
         return self.estimate.on_429(now, used_tokens, used_requests), False
+
+
+def _unexplained(remaining: int | None, limit: int | None, ours_remaining: int, ours_limit: int, limit_now: int) -> int:
+    """What the server counts in its window beyond what the copy held after this request.
+
+    Both readings must agree: remaining against remaining (what is left), and, when the
+    server states its limit, usage against usage (limit less remaining). A copy whose limit
+    is above the server's (probing up under ``quota: auto``) would otherwise book the
+    difference as another tenant's; one cut below it (after another tenant's burst) books
+    less than their usage, a cautious reading: the cut already made room for them. Without a
+    stated limit, remaining counts compare only while the copy's limit is the one they were
+    made against.
+    """
+    if remaining is None:
+        return 0
+    if limit is not None:
+        return min(ours_remaining - remaining, (limit - remaining) - (ours_limit - ours_remaining))
+    return ours_remaining - remaining if ours_limit == limit_now else 0

@@ -182,3 +182,5 @@ class Ticket:
     #: Other tenants' requests and tokens the client had booked by then, in all.
     foreign_requests: int = 0
     foreign_tokens: int = 0
+    #: The copy's token limit then (``remaining_tokens`` is against it).
+    token_limit: int = 0

@@ -108,6 +108,14 @@ class TestWorlds:
         assert 36_000 <= ledger.learned_per_minute[1] <= 44_000 and out.refused <= 0.02 * out.sent
         assert utilization(world, out)[0] >= 0.88
 
+    def test_an_understated_quota_with_auto_and_window_headers_is_read_at_once(self) -> None:
+        # The server's window limit is twice the job's: the window's figure, not a minute's (which
+        # would be six times it). Probing up past it must not book the difference as another tenant.
+        world = World(job_tpm=20_000, job_rpm=100, mode="auto", headers="window")
+        out, ledger = run(world)
+        assert 38_000 <= ledger.learned_per_minute[1] <= 42_000 and out.refused <= 0.01 * out.sent
+        assert utilization(world, out)[0] >= 0.95 and ledger.foreign_tokens == 0
+
     def test_an_understated_quota_without_auto_is_never_passed(self) -> None:
         out, ledger = run(World(job_tpm=20_000, job_rpm=100, headers="none"))
         assert ledger.learned_per_minute == (100, 20_000) and out.refused == 0
@@ -181,6 +189,14 @@ class TestHints:
     def test_minute_figures_are_recognised(self) -> None:
         hints, scale = read_hints(150, 30_000, 200, 40_000, **self.STATED)  # type: ignore[arg-type]
         assert scale == "minute" and hints.limit_tokens == 6_666 and hints.limit_requests == 33
+
+    def test_a_window_limit_above_the_jobs_is_still_the_windows(self) -> None:
+        # Twice the job's window limit (a quota the job understates) is nearer the window's figure
+        # than the minute's (six times it).
+        hints, scale = read_hints(60, 12_000, 66, 13_332, **self.STATED)  # type: ignore[arg-type]
+        assert scale == "window" and hints.limit_tokens == 13_332
+        _, scale = read_hints(300, 60_000, 400, 80_000, **self.STATED)  # type: ignore[arg-type]
+        assert scale == "minute"
 
     def test_window_figures_stay(self) -> None:
         hints, scale = read_hints(20, 3_000, 33, 6_666, **self.STATED)  # type: ignore[arg-type]

@@ -104,17 +104,27 @@ class QuotaEstimate:
 
     def on_limit(self, now: float, tokens_share: float | None, requests_share: float | None) -> bool:
         """The server's stated limit, as a share of the job's: taken as it is (within the ceiling)."""
-        changed = False
+        moves = self._moves(tokens_share, requests_share)
+        for kind, share in moves.items():
+            setattr(self, kind, share)
+        if moves:
+            self._last_evidence = now
+        return bool(moves)
+
+    def would_move(self, tokens_share: float | None, requests_share: float | None) -> bool:
+        """Whether ``on_limit`` with these shares would change the estimate."""
+        return bool(self._moves(tokens_share, requests_share))
+
+    def _moves(self, tokens_share: float | None, requests_share: float | None) -> dict[str, float]:
+        """The kinds a stated limit moves, and to what (down only, but for ``auto``)."""
+        moves = {}
         for kind, share in (("tokens", tokens_share), ("requests", requests_share)):
             if share is None:
                 continue
             share = max(MIN_SHARE, min(self.ceiling, share))
             if abs(share - getattr(self, kind)) > 1e-3 and (share < getattr(self, kind) or self.mode == "auto"):
-                setattr(self, kind, share)
-                changed = True
-        if changed:
-            self._last_evidence = now
-        return changed
+                moves[kind] = share
+        return moves
 
     def probe(self, now: float) -> bool:
         """Raise the estimate a step if the evidence has faded; returns whether it moved."""

@@ -114,7 +114,8 @@ class Ledger:
             # Nothing sent yet (the key probe, the first rows being read): the slow start begins with
             # the first request, and what the budgets would have saved meanwhile is not released at
             # once on top of its first step.
-            self.requests._stamp = self.tokens._stamp = now
+            self.requests.hold(now)
+            self.tokens.hold(now)
             self._started = now
         if self.bonus_left != (0.0, 0.0):
             # A bucket holds a window at most: refills saved up while nothing was sent (the key
@@ -215,8 +216,12 @@ class Ledger:
         at = ticket.entry.stamp if now is None else now
         limits = (None if hints.limit_tokens is None else hints.limit_tokens / self.stated_window[1],
                   None if hints.limit_requests is None else hints.limit_requests / self.stated_window[0])
+        # A limit far below the job's is checked against what this client sent (two scans of the
+        # copy) only when it would move the estimate: one the estimate is already at or under
+        # teaches nothing, and the copy's limit is then no looser than the server's.
         believed = True
-        if scale == "window" and min((x for x in limits if x is not None), default=1.0) < 0.5:
+        if scale == "window" and min((x for x in limits if x is not None), default=1.0) < 0.5 \
+                and self.estimate.would_move(*limits):
             believed = hints.limit_tokens is not None and hints.remaining_tokens is not None and \
                 self._fits_the_window(ticket, hints.limit_tokens - hints.remaining_tokens,
                                       hints.limit_tokens / self.stated_window[1])
@@ -276,9 +281,7 @@ class Ledger:
         held_requests = self.window.requests
         self.window.refund(ticket.entry)
         if self.short is not None:
-            self.short.log._expire(now)
-            if ticket.short is not None:
-                self.short.log.refund(ticket.short)
+            self.short.refund(now, ticket.short)
         self.rate_limited_responses += 1
         self.refused_tokens += refused
         learned, probing = self._lesson(now, ticket, held, refused, retry_after_s)

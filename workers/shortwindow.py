@@ -56,6 +56,13 @@ class ShortWindow:
         self.log.request_limit = max(1, int(self.stated[0] * requests_share))
         self.log.token_limit = max(1, int(self.stated[1] * tokens_share))
 
+    def refund(self, now: float, entry: Entry | None) -> None:
+        """A 429 at ``now``: the refused request (its entry here, if it was admitted while the copy
+        was kept) leaves the copy, and so does what has expired."""
+        self.log._expire(now)
+        if entry is not None:
+            self.log.refund(entry)
+
     def used(self, refused: int, retry_after_s: float | None) -> tuple[float, float] | None:
         """At a 429 of ``refused`` tokens (already refunded): the shares of the stated quota the
         short copy held (tokens, requests) if the 429 confirms the short window, else ``None``."""

@@ -29,6 +29,10 @@ class Budget:
         self.level = capacity
         self._stamp = now
 
+    def hold(self, now: float) -> None:
+        """Accrue nothing up to ``now`` (the allowance starts filling from here)."""
+        self._stamp = now
+
     def _refill(self, now: float) -> None:
         if self.level < self.capacity:
             self.level = min(self.capacity, self.level + (now - self._stamp) * self.per_second)

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from workers.quota import Budget, Ledger, Quota, WindowLog
+from workers.shortwindow import ShortWindow
 from workers.simulator import SlidingLog
 
 TPM, RPM, WINDOW = 40_000, 200, 10.0  # per window: 6,666 tokens, 33 requests
@@ -246,8 +247,6 @@ class TestParts:
         assert log.own_tokens_through(answered, 10.0) == 0 and log.own_after(answered, 0.05) == (1, 400)
 
     def test_a_short_window_is_not_confirmed_by_a_429_with_nothing_else_in_it(self) -> None:
-        from workers.shortwindow import ShortWindow
-
         short = ShortWindow((33, 6_666), 10.0, 0.05, [])
         short.apply(0.3, 1.0)  # a request limit of 1 after a cut
         assert short.log.request_limit == 1

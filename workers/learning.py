@@ -2,7 +2,7 @@
 
 The job states a quota; the deployment may admit less (the user read the wrong page, or
 the deployment is shared), meter over another window, or answer with rate-limit headers
-that mean nothing. Two pure pieces, every method taking ``now``:
+that mean nothing. Pure pieces, every method taking ``now``:
 
 ``QuotaEstimate`` — the share of the stated quota the deployment is believed to admit,
 per kind (tokens, requests). Why this scheme rather than a fitted rate: the only
@@ -27,8 +27,11 @@ what the client's window copy holds then *is* a measurement of the real window:
 ``read_hints`` — ``x-ratelimit-*`` values believed only when plausible: non-negative
 integers (``-1`` and garbage are dropped), remaining not above the limit; the limit, when
 present, names the scale (the window's figures or the minute's, whichever it is nearer by
-ratio); without one, a remaining
-larger than the window's whole allowance can only count the minute.
+ratio); without one, a remaining larger than the window's whole allowance can only count the
+minute.
+
+``unexplained_usage`` — what the server's count shows beyond what the client's window copy
+held: another tenant's usage.
 """
 
 from __future__ import annotations
@@ -184,3 +187,22 @@ def read_hints(remaining_requests: int | None, remaining_tokens: int | None, lim
         out[kind] = (None if remaining is None else int(remaining * factor),
                      None if limit is None else int(limit * factor))
     return Hints(out["requests"][0], out["tokens"][0], out["requests"][1], out["tokens"][1]), scale
+
+
+def unexplained_usage(remaining: int | None, limit: int | None, ours_remaining: int, ours_limit: int,
+                      limit_now: int) -> int:
+    """What the server counts in its window beyond what the copy held after this request.
+
+    Both readings must agree: remaining against remaining (what is left), and, when the
+    server states its limit, usage against usage (limit less remaining). A copy whose limit
+    is above the server's (probing up under ``quota: auto``) would otherwise book the
+    difference as another tenant's; one cut below it (after another tenant's burst) books
+    less than their usage, a cautious reading: the cut already made room for them. Without a
+    stated limit, remaining counts compare only while the copy's limit is the one they were
+    made against.
+    """
+    if remaining is None:
+        return 0
+    if limit is not None:
+        return min(ours_remaining - remaining, (limit - remaining) - (ours_limit - ours_remaining))
+    return ours_remaining - remaining if ours_limit == limit_now else 0

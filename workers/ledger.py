@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from workers import shortwindow
-from workers.learning import QuotaEstimate, QuotaMode, read_hints
+from workers.learning import QuotaEstimate, QuotaMode, read_hints, unexplained_usage
 from workers.shortwindow import SHORT_WINDOW_S, ShortWindow
+from workers.slowstart import SlowStart
 from workers.windows import Budget, Ticket, WindowLog
 
 
@@ -22,16 +23,11 @@ class Ledger:
     """Admission decisions for one deployment's quota; every method takes ``now``.
 
     The limits in force are the stated quota times what ``estimate`` believes the
-    deployment admits (``workers.learning``). A fresh deployment takes a whole window at
-    once, so the window's allowance beyond the steady burst is released in ``BONUS_STEPS``
-    steps over ``BONUS_WINDOWS`` windows while no 429 says otherwise (slow start): a bucket
-    keeps what is not taken at once, so it is all credited to the job, at no more than a
-    quarter above the steady rate (answers never pile up in the client, and a job that
-    overstates its quota learns it at about its own level). The first 429 in that phase ends it.
+    deployment admits (``workers.learning``). A fresh deployment may take a whole window at
+    once: with ``first_window``, the window's allowance beyond the steady burst is released
+    step by step while no 429 says otherwise (``workers.slowstart``).
     """
 
-    BONUS_STEPS = 8
-    BONUS_WINDOWS = 4
     BYPASS_FLOOR_S = 20.0
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int, *, window_s: float = 10.0,
@@ -56,7 +52,6 @@ class Ledger:
         self.model = "bucket" if first_window else "sliding"
         #: When the last 429 taught something: the 429s of requests sent before it teach nothing new.
         self._learned_at = -1e18
-        self._started = now
         self._apply(now)
         self.requests.level = max(1.0, self.stated_rpm / 60 * self.burst_s)
         self.tokens.level = max(1.0, self.stated_tpm / 60 * self.burst_s)
@@ -70,11 +65,9 @@ class Ledger:
         #: 429s, and the admissions they refused (``total_*`` minus these: what the quota was charged).
         self.rate_limited_responses = 0
         self.refused_tokens = 0
-        #: The first window's allowance still to be released beyond the steady burst (slow start).
-        self.bonus_left = (self.window.request_limit - self.requests.level,
-                           self.window.token_limit - self.tokens.level) if first_window else (0.0, 0.0)
-        self._bonus_step = tuple(max(0.0, b) / self.BONUS_STEPS for b in self.bonus_left)
-        self._next_bonus = now
+        #: The first window's allowance still to be released beyond the steady burst.
+        self.slow_start = SlowStart(window_s, self.window.request_limit - self.requests.level,
+                                    self.window.token_limit - self.tokens.level, now) if first_window else None
 
     # --- what is in force ---------------------------------------------------------------
 
@@ -104,7 +97,7 @@ class Ledger:
         if self.short is not None:
             self.short.apply(self.estimate.requests, self.estimate.tokens)
         for budget, rate in ((self.requests, rps), (self.tokens, tps)):
-            budget._refill(now)
+            budget.refill(now)
             budget.per_second = rate
             span = self.window_s if self.model == "bucket" else self.burst_s * self._burst_share
             budget.capacity = max(1.0, rate * span)
@@ -116,22 +109,11 @@ class Ledger:
             # once on top of its first step.
             self.requests.hold(now)
             self.tokens.hold(now)
-            self._started = now
-        if self.bonus_left != (0.0, 0.0):
-            # A bucket holds a window at most: refills saved up while nothing was sent (the key
-            # probe, the first answers) come out of what is still to be released.
-            self.requests._refill(now)
-            self.tokens._refill(now)
-            self.bonus_left = (max(0.0, min(self.bonus_left[0], self.window.request_limit - self.requests.level)),
-                               max(0.0, min(self.bonus_left[1], self.window.token_limit - self.tokens.level)))
-        if self.bonus_left != (0.0, 0.0) and now >= self._next_bonus:
-            self._next_bonus = now + self.window_s * self.BONUS_WINDOWS / self.BONUS_STEPS
-            steps = [min(left, step) for left, step in zip(self.bonus_left, self._bonus_step, strict=True)]
-            self.requests.credit(now, steps[0])
-            self.tokens.credit(now, steps[1])
-            self.bonus_left = (max(0.0, self.bonus_left[0] - steps[0]), max(0.0, self.bonus_left[1] - steps[1]))
-            if min(self._bonus_step) <= 0 or max(self.bonus_left) <= 1e-9:
-                self.bonus_left = (0.0, 0.0)
+            if self.slow_start is not None:
+                self.slow_start.wait(now)
+        if self.slow_start is not None:
+            self.slow_start.release(now, self.requests, self.tokens,
+                                    (self.window.request_limit, self.window.token_limit))
         if self.estimate.probe(now):
             self._apply(now)
 
@@ -167,7 +149,7 @@ class Ledger:
         if first == 0.0 and (self.model != "sliding" or len(costs) == 1):
             return 0, 0.0
         # While the first window is being released, ask again at its next step.
-        step = self._next_bonus - now if self.bonus_left != (0.0, 0.0) and self._next_bonus > now else first
+        step = first if self.slow_start is None else self.slow_start.next_step_in(now) or first
         bypass_left = max(self.BYPASS_FLOOR_S, self.window.window_s * self.bypass_windows) - oldest_waited_s
         if bypass_left <= 1e-6:
             return (0, 0.0) if first == 0.0 else (None, min(first, step))
@@ -239,9 +221,9 @@ class Ledger:
         raced_requests, raced_tokens = self.window.own_after(ticket.entry, self.window.guard_s)
         since_requests = raced_requests + self.foreign_requests - ticket.foreign_requests
         since_tokens = raced_tokens + self.foreign_tokens - ticket.foreign_tokens
-        gap_requests = _unexplained(hints.remaining_requests, hints.limit_requests, ticket.remaining_requests,
+        gap_requests = unexplained_usage(hints.remaining_requests, hints.limit_requests, ticket.remaining_requests,
                                     ticket.request_limit, self.window.request_limit) - since_requests
-        gap_tokens = _unexplained(hints.remaining_tokens, hints.limit_tokens, ticket.remaining_tokens,
+        gap_tokens = unexplained_usage(hints.remaining_tokens, hints.limit_tokens, ticket.remaining_tokens,
                                   ticket.token_limit, self.window.token_limit) - since_tokens
         gap_requests = min(gap_requests, self.window.request_limit // 4)
         gap_tokens = min(gap_tokens, self.window.token_limit // 4)
@@ -316,14 +298,12 @@ class Ledger:
         if ticket.entry.stamp < self._learned_at:
             return False, False  # sent before the last lesson was drawn: the same evidence again
         self._learned_at = now
-        if self.model == "bucket" or self.bonus_left != (0.0, 0.0):
-            # The slow start's answer: says nothing of late stamps or bursts.
-            self.bonus_left = (0.0, 0.0)
-            # A bucket like the server's refuses once a window plus the refill since the start
-            # is spent; a log (or fixed windows) once a window is. Refused nearer the second:
-            # not such a bucket after all (or not at this level), the strict model from now on.
-            refill = self.tokens.per_second * min(self.window_s, now - self._started)
-            if held < self.window.token_limit + refill / 2 or ticket.bucket_room >= 0.05 * self.window.token_limit:
+        if self.slow_start is not None and (self.model == "bucket" or self.slow_start.releasing):
+            # The slow start's answer: says nothing of late stamps or bursts. Not from a bucket of
+            # one window: the strict model from now on.
+            self.slow_start.end()
+            if not self.slow_start.fits_a_bucket(now, held, self.window.token_limit, self.tokens.per_second,
+                                                 ticket.bucket_room):
                 self.model = "sliding"
             return False, True
         if self.short is not None:
@@ -342,20 +322,3 @@ class Ledger:
         used_requests = (self.window.requests + 0.5) / self.stated_window[0]
         return self.estimate.on_429(now, used_tokens, used_requests), False
 
-
-def _unexplained(remaining: int | None, limit: int | None, ours_remaining: int, ours_limit: int, limit_now: int) -> int:
-    """What the server counts in its window beyond what the copy held after this request.
-
-    Both readings must agree: remaining against remaining (what is left), and, when the
-    server states its limit, usage against usage (limit less remaining). A copy whose limit
-    is above the server's (probing up under ``quota: auto``) would otherwise book the
-    difference as another tenant's; one cut below it (after another tenant's burst) books
-    less than their usage, a cautious reading: the cut already made room for them. Without a
-    stated limit, remaining counts compare only while the copy's limit is the one they were
-    made against.
-    """
-    if remaining is None:
-        return 0
-    if limit is not None:
-        return min(ours_remaining - remaining, (limit - remaining) - (ours_limit - ours_remaining))
-    return ours_remaining - remaining if ours_limit == limit_now else 0

@@ -33,30 +33,31 @@ class Budget:
         """Accrue nothing up to ``now`` (the allowance starts filling from here)."""
         self._stamp = now
 
-    def _refill(self, now: float) -> None:
+    def refill(self, now: float) -> None:
+        """Bring the level up to ``now``."""
         if self.level < self.capacity:
             self.level = min(self.capacity, self.level + (now - self._stamp) * self.per_second)
         self._stamp = now
 
     def wait(self, now: float, cost: float) -> float:
         """Seconds until ``cost`` (or a full bucket, for a larger one) is available."""
-        self._refill(now)
+        self.refill(now)
         need = min(cost, max(self.capacity, self.level)) - self.level
         return max(0.0, need / self.per_second)
 
     def take(self, now: float, cost: float) -> None:
         """Spend ``cost``; the level may go below zero."""
-        self._refill(now)
+        self.refill(now)
         self.level -= cost
 
     def credit(self, now: float, amount: float) -> None:
         """Add ``amount`` beyond the capacity (spent before the refill resumes)."""
-        self._refill(now)
+        self.refill(now)
         self.level += amount
 
     def drain(self, now: float) -> None:
         """Forget any saved-up burst (after a pause, resume at the steady rate)."""
-        self._refill(now)
+        self.refill(now)
         self.level = min(self.level, 0.0)
 
 

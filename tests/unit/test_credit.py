@@ -97,7 +97,8 @@ async def test_what_one_process_learns_is_told_to_share_it() -> None:
     now = [0.0]
     quota = Quota(1_000, 200_000, window_s=10, clock=lambda: now[0], on_learned=learned, name="https://d")
     quota.ledger.model = "sliding"  # past its first window
-    quota.ledger.bonus_left = (0.0, 0.0)
+    assert quota.ledger.slow_start is not None
+    quota.ledger.slow_start.end()
     tickets = [quota.ledger.admit(0.0, 350) for _ in range(19)]  # what the window copy holds
     now[0] = 1.0
     # Refused at a fifth of the stated window, told to wait half of it (not a shorter window's refusal).

@@ -9,6 +9,7 @@ import pytest
 from workers.quota import Budget, Ledger, Quota, WindowLog
 from workers.shortwindow import ShortWindow
 from workers.simulator import SlidingLog
+from workers.slowstart import SlowStart
 
 TPM, RPM, WINDOW = 40_000, 200, 10.0  # per window: 6,666 tokens, 33 requests
 
@@ -138,7 +139,7 @@ class TestLedger:
         ticket = ledger.admit(0.0, 300)
         guard, share = ledger.window.guard_s, ledger._burst_share
         ledger.rate_limited(0.1, ticket, retry_after_s=2.0)
-        assert ledger.bonus_left == (0.0, 0.0) and ledger.model == "sliding"
+        assert ledger.slow_start is not None and not ledger.slow_start.releasing and ledger.model == "sliding"
         assert (ledger.window.guard_s, ledger._burst_share) == (guard, share / 2)
         assert ledger.delay(0.1, 1) == pytest.approx(2.0)
 
@@ -150,7 +151,7 @@ class TestLedger:
         while ledger.delay(8.0, 300) == 0.0:
             ledger.admit(8.0, 300)
             sent += 300
-        step = (6_666 - 666) / Ledger.BONUS_STEPS
+        step = (6_666 - 666) / SlowStart.STEPS
         assert 666 <= sent <= 666 + step + 300
 
     def test_a_short_window_is_dropped_when_its_429_says_to_wait_longer_than_one(self) -> None:

@@ -222,9 +222,9 @@ class Ledger:
         since_requests = raced_requests + self.foreign_requests - ticket.foreign_requests
         since_tokens = raced_tokens + self.foreign_tokens - ticket.foreign_tokens
         gap_requests = unexplained_usage(hints.remaining_requests, hints.limit_requests, ticket.remaining_requests,
-                                    ticket.request_limit, self.window.request_limit) - since_requests
+                                         ticket.request_limit, self.window.request_limit) - since_requests
         gap_tokens = unexplained_usage(hints.remaining_tokens, hints.limit_tokens, ticket.remaining_tokens,
-                                  ticket.token_limit, self.window.token_limit) - since_tokens
+                                       ticket.token_limit, self.window.token_limit) - since_tokens
         gap_requests = min(gap_requests, self.window.request_limit // 4)
         gap_tokens = min(gap_tokens, self.window.token_limit // 4)
         if gap_requests > 0 or gap_tokens > 0:

@@ -302,8 +302,8 @@ class Ledger:
             # The slow start's answer: says nothing of late stamps or bursts. Not from a bucket of
             # one window: the strict model from now on.
             self.slow_start.end()
-            if not self.slow_start.fits_a_bucket(now, held, self.window.token_limit, self.tokens.per_second,
-                                                 ticket.bucket_room):
+            if not self.slow_start.fits_a_bucket(now, held, refused, self.window.token_limit, self.tokens.per_second,
+                                                 ticket.bucket_room, retry_after_s):
                 self.model = "sliding"
             return False, True
         if self.short is not None:

@@ -8,8 +8,8 @@ released into the ledger's budgets in ``STEPS`` steps over ``WINDOWS`` windows: 
 keeps what is not taken at once, so all of it is still credited to the job, at no more
 than a quarter above the steady rate (answers never pile up in the client, and a job
 that overstates its quota learns it at about its own level). The first 429 in that
-phase ends it and, by how much had been sent, tells a bucket from a log
-(``fits_a_bucket``). Pure: every method takes ``now``.
+phase ends it and, by how much had been sent and how long the server asks to wait,
+tells a bucket from a log (``fits_a_bucket``). Pure: every method takes ``now``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ class SlowStart:
 
     STEPS = 8
     WINDOWS = 4
+    #: A ``retry-after`` under this share of the refused request's refill time is a near miss.
+    NEAR_MISS = 0.05
 
     def __init__(self, window_s: float, requests_left: float, tokens_left: float, now: float):
         self.window_s = window_s
@@ -31,6 +33,8 @@ class SlowStart:
         self._next = now
         #: When the first request went (the refill a bucket adds is counted from then).
         self.started = now
+        #: A near miss was taken for a bucket's already (``fits_a_bucket``).
+        self.near_missed = False
 
     @property
     def releasing(self) -> bool:
@@ -67,13 +71,28 @@ class SlowStart:
         """Seconds until the next step is released (``None``: none is due)."""
         return self._next - now if self.releasing and self._next > now else None
 
-    def fits_a_bucket(self, now: float, held: int, token_limit: int, tokens_per_s: float, bucket_room: float) -> bool:
-        """Whether the slow start's 429, the copy holding ``held`` tokens, came from a bucket of one window.
+    def fits_a_bucket(self, now: float, held: int, refused: int, token_limit: int, tokens_per_s: float,
+                      bucket_room: float, retry_after_s: float | None) -> bool:
+        """Whether the slow start's 429 came from a bucket of one window; ``held``: the copy's
+        last window, the ``refused`` request included.
 
         A bucket like that refuses once a window plus the refill since the start is spent;
-        a log (or fixed windows) once a window is. Refused nearer the second, or with room
-        left in the client's own bucket copy (``bucket_room``), it is not such a bucket (or
-        not at this level).
+        a log (or fixed windows) once a window is. Refused with room left in the client's own
+        bucket copy (``bucket_room``), it is not such a bucket (or not at this level); refused
+        nearer the second, it is a log, but for one near miss: the copy holding a window and
+        the server asking for a small part of one request's refill (``NEAR_MISS``) is the
+        deficit of a bucket a hair behind the client's copy (a request that reached it late),
+        where a log's wait lasts until its oldest entries leave the window. Taken for the
+        bucket once; the next 429 decides. (With one-second windows the whole window is the
+        steady burst, so the first 429 comes after the first window, and a log's verdict
+        would cost a bucket's job a tenth of its rate for good.)
         """
+        if bucket_room >= 0.05 * token_limit:
+            return False
         refill = tokens_per_s * min(self.window_s, now - self.started)
-        return held >= token_limit + refill / 2 and bucket_room < 0.05 * token_limit
+        if held >= token_limit + refill / 2:
+            return True
+        near_miss = held >= token_limit and retry_after_s is not None and not self.near_missed and \
+            retry_after_s <= self.NEAR_MISS * refused / tokens_per_s
+        self.near_missed |= near_miss
+        return near_miss

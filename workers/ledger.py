@@ -258,7 +258,7 @@ class Ledger:
         limits, has room for the request. Returns whether the estimate went down.
         """
         refused = ticket.entry.tokens  # the refund below zeroes the entry
-        self.window._expire(now)
+        self.window.expire(now)
         held = self.window.tokens  # what the last window held, the refused request included
         held_requests = self.window.requests
         self.window.refund(ticket.entry)
@@ -321,4 +321,3 @@ class Ledger:
         used_tokens = (self.window.tokens + refused / 2) / self.stated_window[1]
         used_requests = (self.window.requests + 0.5) / self.stated_window[0]
         return self.estimate.on_429(now, used_tokens, used_requests), False
-

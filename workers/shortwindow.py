@@ -59,7 +59,7 @@ class ShortWindow:
     def refund(self, now: float, entry: Entry | None) -> None:
         """A 429 at ``now``: the refused request (its entry here, if it was admitted while the copy
         was kept) leaves the copy, and so does what has expired."""
-        self.log._expire(now)
+        self.log.expire(now)
         if entry is not None:
             self.log.refund(entry)
 

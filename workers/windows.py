@@ -92,7 +92,8 @@ class WindowLog:
         self.guard_s = min(most_s, max(0.01, self.guard_s * 2))
         self.window_s = self.server_window_s + self.guard_s
 
-    def _expire(self, now: float) -> None:
+    def expire(self, now: float) -> None:
+        """Forget what has left the window by ``now``."""
         while self._entries and self._entries[0].stamp <= now - self.window_s:
             gone = self._entries.popleft()
             self.requests -= gone.requests
@@ -100,7 +101,7 @@ class WindowLog:
 
     def wait(self, now: float, tokens: int) -> float:
         """Seconds until one more request of ``tokens`` fits the window."""
-        self._expire(now)
+        self.expire(now)
         tokens = min(tokens, self.token_limit)
         requests, used = self.requests, self.tokens
         if requests + 1 <= self.request_limit and used + tokens <= self.token_limit:
@@ -148,7 +149,7 @@ class WindowLog:
 
     def add(self, now: float, requests: int, tokens: int, *, foreign: bool = False) -> Entry:
         """Record an admission (or foreign usage); returns the entry for a later refund."""
-        self._expire(now)
+        self.expire(now)
         entry = Entry(now, requests, tokens, foreign)
         self._entries.append(entry)
         self.requests += requests

@@ -23,6 +23,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from flows.cli import main
+from flows.journal import journal_segments, read_journal
+from flows.storage import storage_for
 from schemas import Params, PromptSpec, build_row
 from tests.conftest import CliRun, SimulatorProcess
 from tests.flows.test_resume import wait_until
@@ -318,12 +320,7 @@ def test_estimate_of_a_dated_job_reads_that_day(tmp_path: Path, sim: SimulatorPr
 
 
 def _journaled_rows(folder: Path) -> int:
-    """Rows in the journal's segments: whole lines (a line cut by the kill is not a row)."""
-    count = 0
-    for segment in folder.glob("_journal/*.jsonl"):
-        for line in segment.read_bytes().split(b"\n")[:-1]:
-            try:
-                count += "seq" in json.loads(line)
-            except ValueError:
-                pass
-    return count
+    """Rows in the journal's segments, read as a resuming run reads them (a line cut by the kill is no row)."""
+    storage = storage_for(str(folder))
+    return sum(1 for name in journal_segments(storage, str(folder))
+               for record in read_journal(storage, str(folder), name) if "seq" in record)

@@ -244,7 +244,7 @@ class TestParts:
         assert log.own_tokens_through(answered, 10.0) == 300  # itself and what came before, none of theirs
         assert log.own_tokens_through(answered, 0.5) == 200
         assert log.own_after(answered, 0.05) == (2, 700)  # those the server may have seen first
-        log._expire(11.02)  # the answered request (and the one beside it) have left the copy
+        log.expire(11.02)  # the answered request (and the one beside it) have left the copy
         assert log.own_tokens_through(answered, 10.0) == 0 and log.own_after(answered, 0.05) == (1, 400)
 
     def test_a_short_window_is_not_confirmed_by_a_429_with_nothing_else_in_it(self) -> None:

@@ -86,10 +86,11 @@ class SliceNote:
     bad_input: list[str] = field(default_factory=list)
     bad_input_rows: int = 0
     empty_inputs: list[str] = field(default_factory=list)
-    lease_refusals: int = 0
+    #: Units of the deployments' shared quotas this slice gave back for other processes to take.
+    units_handed_over: int = 0
 
     @classmethod
-    def of(cls, execution: Execution, worker: str, lease_refusals: int = 0) -> SliceNote:
+    def of(cls, execution: Execution, worker: str, units_handed_over: int = 0) -> SliceNote:
         layout = execution.layout
         return cls(layout.index, layout.count, worker, execution.reading.rows,
                    sorted(p.shard for p in execution.parts if layout.owns(p.shard)), execution.tally.rows,
@@ -97,7 +98,7 @@ class SliceNote:
                    # A slice's pool holds other slices' answers too: only a run alone knows what no row claimed.
                    execution.dropped_rows if layout.whole else 0, execution.quota_learned(),
                    list(execution.bad_input), execution.bad_input_rows, list(execution.reading.empty_files),
-                   lease_refusals)
+                   units_handed_over)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import SecretStr
@@ -11,7 +11,6 @@ from flows.errors import JobError
 from flows.settings import Settings, secret
 from schemas import EndpointSpec, ModelInfo, Price, ResponseSpec
 from workers import EndpointClient, Lane, Quota, TokenCounter
-from workers.credit import Credit
 
 
 async def api_key(endpoint: EndpointSpec) -> SecretStr:
@@ -35,19 +34,18 @@ async def api_key(endpoint: EndpointSpec) -> SecretStr:
     return key
 
 
-def lane_for(endpoint: EndpointSpec, key: SecretStr | str, price: Price | None = None, credit: Credit | None = None,
-             on_learned: Callable[[float, float], Awaitable[None]] | None = None,
+def lane_for(endpoint: EndpointSpec, key: SecretStr | str, price: Price | None = None, shared: bool = False,
              model: ModelInfo | None = None, response: ResponseSpec | None = None,
              clock: Callable[[], float] | None = None) -> Lane:
     """A deployment's client, quota and tokenizer, built on the running event loop.
 
-    ``credit``: the deployment's quota is shared with other processes (a scaled-out job);
-    ``on_learned`` hears what this process learned of the real quota, to share it.
+    ``shared``: the deployment's quota is shared with other processes (a scaled-out job):
+    the quota admits within the share it is given (``flows.shared_quota.Holder``).
     ``model``: the model as the job resolves it (``JobSpec.model_for``); by default the catalog's.
     ``response``: a labeling job's expected answer (the client asks for it, the pool validates it).
     ``clock``: the run's clock (the engine's), which the quota reads too.
     """
     quota = Quota(endpoint.requests_per_minute, endpoint.tokens_per_minute, window_s=endpoint.quota_window_s,
-                  credit=credit, mode=endpoint.quota, name=endpoint.url, on_learned=on_learned, clock=clock)
+                  shared=shared, mode=endpoint.quota, name=endpoint.url, clock=clock)
     return Lane(EndpointClient(endpoint, key, response=response), quota, TokenCounter(model or endpoint.model),
                 endpoint.max_concurrency, price=price)

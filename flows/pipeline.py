@@ -13,7 +13,7 @@ straight back to the part writer. A row whose request is identical to an earlier
 earlier run) and records ``duplicate_of``. ``Placement`` does that routing.
 
 The run's helpers — the signal handlers, the metrics watch, the progress reporter, the
-deployments' clients and shared-quota credit — are entered in one ``AsyncExitStack`` and
+deployments' clients and the shares of shared quotas — are entered in one ``AsyncExitStack`` and
 leave it in reverse order, whether the run finished, stopped or failed; the journal is
 written inside it (``Placement.recording``).
 """
@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import structlog
@@ -44,10 +44,12 @@ from flows.storage import StorageError, storage_for
 from flows.watch import Save, Watch
 from schemas import BadRowError, InputSchema, JobSpec, PassthroughError, PromptRow, ShardLayout, with_labels
 from workers import Engine, Lane, Outcome, RetryPolicy, Spend
-from workers.credit import Credit
 from workers.dedupe import Duplicates, copy_record
 from workers.labels import label_columns
 from workers.pool import DEFAULT_LOOKAHEAD
+
+if TYPE_CHECKING:
+    from flows.shared_quota import Holder
 
 __all__ = ["BAD_INPUT_LISTED", "Execution", "JobError", "JobStoppedError", "Listener", "Snapshot", "api_key",
            "execute", "lane_for", "part_columns"]
@@ -55,7 +57,6 @@ __all__ = ["BAD_INPUT_LISTED", "Execution", "JobError", "JobStoppedError", "List
 log = structlog.get_logger(__name__)
 
 Checkpoint = Callable[[list[PartSummary]], Awaitable[None]]
-Learner = Callable[[float, float], Awaitable[None]]
 
 
 def part_columns(spec: JobSpec, columns: InputSchema) -> pa.Schema:
@@ -69,9 +70,9 @@ def part_columns(spec: JobSpec, columns: InputSchema) -> pa.Schema:
 async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_LOOKAHEAD,
                   earlier: Earlier | None = None, checkpoint: Checkpoint | None = None,
                   handle_signals: bool = True, layout: ShardLayout | None = None,
-                  credits: Sequence[Credit] | None = None, listeners: Sequence[Listener] = (),
+                  shares: Sequence[Holder] | None = None, listeners: Sequence[Listener] = (),
                   rows_total: int | None = None, columns: InputSchema | None = None,
-                  learners: Sequence[Learner] | None = None, metrics: Recorder | None = None,
+                  metrics: Recorder | None = None,
                   save_metrics: Save | None = None, clock: Callable[[], float] = time.monotonic) -> Execution:
     """Send every row of ``files`` not yet done through the job's deployments; publish parts.
 
@@ -79,18 +80,18 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     then ``Execution.stopped`` says why and the journal holds what finished.
 
     ``layout``: the slice of the job's shards to do (default: all of them; one of n
-    processes sharing the job does shards i modulo n: ``credits``, one per endpoint, share
-    the deployments' quotas between them, and the budget left is split n ways).
+    processes sharing the job does shards i modulo n: ``shares``, one per endpoint, hold
+    this process's share of each deployment's quota (``flows.shared_quota``) and tell the
+    others what it learns of the real quotas, and the budget left is split n ways).
     ``listeners`` get a ``Snapshot`` every few seconds; ``rows_total`` is the input's
-    length when known beforehand; ``learners``, one per endpoint beside ``credits``, hear
-    what this process learns of the real quotas. ``columns``: the output's passthrough
+    length when known beforehand. ``columns``: the output's passthrough
     columns, decided from the whole input (``flows.inputs.scan_columns``). ``metrics``:
     the run's recorder (``flows.watch``), saved now and then and at the end through
     ``save_metrics``. ``clock``: what the engine and the quotas read the time from.
     """
     progress = earlier or Earlier(spec.shard_rows)
     layout = layout or progress.layout
-    lanes = await _lanes(spec, credits, learners, clock)
+    lanes = await _lanes(spec, shares is not None, clock)
     spend = Spend(_budget(spec.budget_usd, progress.spent_usd, layout), progress.spent_usd)
     engine = Engine(lanes, RetryPolicy(max_attempts=spec.max_attempts), lookahead=lookahead, spend=spend,
                     grace_s=spec.stop_grace_s, clock=clock)
@@ -107,6 +108,8 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
                         rows_total=rows_total, clock=clock)
     async with AsyncExitStack() as helpers:
         helpers.push_async_callback(_close, lanes)
+        for lane, holder in zip(lanes, shares or (), strict=False):
+            await helpers.enter_async_context(holder.holding(lane.quota))
         if handle_signals:
             helpers.enter_context(stop_on_signals(engine))
         if placement.watch is not None:
@@ -129,15 +132,12 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
     return execution
 
 
-async def _lanes(spec: JobSpec, credits: Sequence[Credit] | None, learners: Sequence[Learner] | None,
-                 clock: Callable[[], float]) -> list[Lane]:
+async def _lanes(spec: JobSpec, shared: bool, clock: Callable[[], float]) -> list[Lane]:
     """One lane per deployment, its key read now."""
     endpoints = spec.all_endpoints
     keys = [await api_key(e) for e in endpoints]
-    shared = list(credits) if credits is not None else [None] * len(endpoints)
-    told = list(learners) if learners is not None else [None] * len(endpoints)
-    return [lane_for(e, key, spec.price(e.model), credit, learner, spec.model_for(e), spec.response, clock=clock)
-            for e, key, credit, learner in zip(endpoints, keys, shared, told, strict=True)]
+    return [lane_for(e, key, spec.price(e.model), shared, spec.model_for(e), spec.response, clock=clock)
+            for e, key in zip(endpoints, keys, strict=True)]
 
 
 def _budget(limit: float | None, spent: float, layout: ShardLayout) -> float | None:
@@ -150,8 +150,6 @@ def _budget(limit: float | None, spent: float, layout: ShardLayout) -> float | N
 async def _close(lanes: Sequence[Lane]) -> None:
     for lane in lanes:
         await lane.client.aclose()
-        if lane.quota.credit is not None:
-            await lane.quota.credit.aclose()
 
 
 @asynccontextmanager

@@ -1,159 +1,287 @@
 """One deployment's quota shared by every process that sends to it, through Prefect's server.
 
-When a job is scaled out, its shards run in several processes (Prefect workers, on one
-machine or many) that all send to the same deployments. Each deployment gets two global
-concurrency limits used as rate limits — tokens and requests — whose slots decay at
-``SHARE`` of the quota's per-minute rate; a process admits a request only against
-credit it leased from them (``workers.quota.Credit``), so together the processes stay
-within the quota. The limits are named after the deployment's URL, so two jobs on one
-deployment share its quota too.
+When a job is scaled out, its slices run in several processes (Prefect workers, on one
+machine or many) that all send to the same deployments. Each process holds a share of
+every deployment's quota and meters it with its own window copy (``workers.shares``):
+nothing is asked of the server per request, and the deployment's window holds at most
+the sum of the shares, so no margin is spent on credit in flight.
 
-Leasing goes through the API directly rather than ``prefect.concurrency.rate_limit``:
-the server drops the decay accrued since its last update whenever it refuses an
-acquisition, so a client that retries on refusals gets a fraction of the configured
-rate. Here a lease first reads the limit (its decayed occupancy; reading changes
-nothing), sleeps until the decay has made room, and only then asks — refused only
-when another process took the room first.
+Per deployment (named after its URL, so two jobs on one deployment share it too), the
+server keeps two global concurrency limits, used with leases:
 
-Requests are counted in hundredths (``REQUEST_UNITS``): the server decays whole slots
-per update, and a rate of ~17 requests/s would lose a good part of it to rounding.
+- ``…-members``: one slot per process with a use for its share (rows waiting for room, or
+  admitted in the last ``IDLE_S``); how many are held is how many ways the quota is split.
+  A process whose rows are done, or that waits on answers rather than room, steps aside
+  until it has a use again: what it holds goes to the others as its window empties.
+- ``…-units``: ``UNITS`` slots, the quota's units. A process leases each unit it holds on
+  its own and gives it back once its window copy no longer needs it (``releasable``);
+  whoever is below its aim takes free units.
+
+Leases last ``LEASE_S`` (Prefect's shortest) and are renewed while the process runs, so
+a process that dies gives its units back when its leases expire (a minute, plus up to the
+server's repossessor interval); until then the others run on their own shares. A process
+leaving (its slice done) gives up its member slot first, then its units as its window
+empties; the last one leaves them at once.
+
+What a process learns of the real quota (``Quota.on_learned``) is kept in a Prefect
+Variable beside the limits; the others adopt it (``Quota.adopt``) within ``LEARNED_POLL_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import random
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from uuid import UUID
 
 import httpx
 import structlog
 from prefect.client.orchestration import PrefectClient, get_client
 
 from schemas import EndpointSpec
-from workers.quota import Credit
+from workers.quota import Quota
+from workers.shares import UNITS, in_force, releasable, target
 
 log = structlog.get_logger(__name__)
 
-#: Fraction of the quota the shared limits hand out: the rest covers credit in flight
-#: between processes (leased, not yet spent) so no window of the deployment's overflows.
-#: The token limit holds two chunks (1/32 of a window), so a window sees ``SHARE`` of its
-#: allowance plus that, plus credit held: measured with two processes, 0.96 gave a peak
-#: window of 0.994 of the allowance (too near its edge), 0.93 with chunks of 1/32 gave 0.976;
-#: one chunk of room made the processes wait on each other's leases, 0.79 of the quota.
-SHARE = 0.95
-#: Credit is leased in chunks of these fractions of one window's quota: tokens finer (they
-#: bind, and the room they leave over ``SHARE`` is what overfills a window), requests coarser
-#: (a fraction of a window's few requests would round to nothing).
-TOKEN_CHUNK = 1 / 64
-REQUEST_CHUNK = 1 / 32
-REQUEST_UNITS = 100
-#: A lease the server has not answered in this long is stuck behind a lock: it is asked again.
-STALLED_S = 0.3
+#: Seconds a lease lasts unless renewed (the shortest Prefect's server grants).
+LEASE_S = 60.0
+#: Leases are renewed this often.
+RENEW_S = 15.0
+#: How often a process looks at the members and the free units (a unit given back is taken this late).
+POLL_S = 0.2
+#: A unit goes back only once the window copy would no longer need it had the server stamped every
+#: request this much later than the copy did: the process that takes it sends at once.
+LATE_S = 0.25
+#: A process whose pool has admitted nothing for this long, and has nothing waiting, steps aside.
+IDLE_S = 1.0
+#: How often a process looks for what another one learned of the real quota.
+LEARNED_POLL_S = 2.0
+#: What another process learned is adopted only this fresh (a variable outlives the run that wrote it).
+LEARNED_FRESH_S = 900.0
+#: Members a deployment's quota can be split between (the members limit's size).
+MOST_MEMBERS = 1000
 
 
 @dataclass(frozen=True)
-class SharedLimits:
-    """The names and sizes of one deployment's shared limits."""
+class SharedNames:
+    """The names of one deployment's shared limits and learned-quota variable."""
 
-    tokens_name: str
-    requests_name: str
-    token_capacity: int
-    request_capacity: int
-    tokens_per_s: float
-    requests_per_s: float
-    token_chunk: int
-    request_chunk: int
+    members: str
+    units: str
+    learned: str
 
 
-def shared_limits(endpoint: EndpointSpec) -> SharedLimits:
-    """The shared limits of ``endpoint``'s quota (requests in hundredths)."""
+def shared_names(endpoint: EndpointSpec) -> SharedNames:
+    """The names under which ``endpoint``'s quota is shared on the Prefect server."""
     digest = hashlib.sha256(endpoint.url.encode()).hexdigest()[:12]
-    window_tokens = endpoint.tokens_per_minute * endpoint.quota_window_s / 60
-    window_requests = endpoint.requests_per_minute * endpoint.quota_window_s / 60
-    token_chunk = max(1, int(window_tokens * TOKEN_CHUNK))
-    request_chunk = max(1, int(window_requests * REQUEST_CHUNK))
-    return SharedLimits(
-        tokens_name=f"promptbatch-quota-{digest}-tokens",
-        requests_name=f"promptbatch-quota-{digest}-requests",
-        token_capacity=2 * token_chunk,
-        request_capacity=2 * request_chunk * REQUEST_UNITS,
-        tokens_per_s=SHARE * endpoint.tokens_per_minute / 60,
-        requests_per_s=SHARE * endpoint.requests_per_minute / 60 * REQUEST_UNITS,
-        token_chunk=token_chunk,
-        request_chunk=request_chunk,
-    )
+    return SharedNames(members=f"promptbatch-quota-{digest}-members", units=f"promptbatch-quota-{digest}-units",
+                       learned=f"promptbatch_quota_{digest}_learned")
 
 
 async def ensure_shared_limits(endpoints: tuple[EndpointSpec, ...]) -> None:
-    """Create (or resize) the shared limits of every endpoint on the Prefect server."""
+    """Create the shared limits of every endpoint on the Prefect server (plain limits, no decay)."""
     async with get_client() as client:
         for endpoint in endpoints:
-            limits = shared_limits(endpoint)
-            await client.upsert_global_concurrency_limit_by_name(
-                limits.tokens_name, limits.token_capacity, limits.tokens_per_s)
-            await client.upsert_global_concurrency_limit_by_name(
-                limits.requests_name, limits.request_capacity, limits.requests_per_s)
+            names = shared_names(endpoint)
+            await client.upsert_global_concurrency_limit_by_name(names.members, MOST_MEMBERS, 0.0)
+            await client.upsert_global_concurrency_limit_by_name(names.units, UNITS, 0.0)
 
 
-class Leaser:
-    """Leases from one endpoint's shared limits for one process; see the module docstring."""
+@dataclass
+class _Held:
+    member: UUID | None = None
+    #: Lease id → units it holds.
+    leases: dict[UUID, int] = field(default_factory=dict)
+    renewed_at: float = 0.0
 
-    def __init__(self, client: PrefectClient, limits: SharedLimits, writes: asyncio.Lock | None = None):
+    @property
+    def units(self) -> int:
+        return sum(self.leases.values())
+
+
+class Holder:
+    """This process's share of one deployment's quota, held while its pool runs."""
+
+    def __init__(self, client: PrefectClient, names: SharedNames):
         self.client = client
-        self.limits = limits
-        # One write to the server at a time from this process: on SQLite, a second write
-        # waits for the first one's lock, and SQLite's busy handler may sleep whole seconds.
-        self.writes = writes or asyncio.Lock()
-        self.refused = 0
-        self.stalled = 0
+        self.names = names
+        self.held = _Held(renewed_at=time.monotonic())  # no lease older than this
+        self.quota: Quota | None = None
+        self.aim = UNITS
+        #: Units given back and taken, for the slice's note and the tests.
+        self.released = 0
+        self.taken = 0
+        self._learned_seen: float = 0.0
+        self._learned_polled = 0.0
+        # One write to the server at a time from this process (SQLite takes one writer at a time anyway).
+        self._writes = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def holding(self, quota: Quota) -> AsyncIterator[Holder]:
+        """Join the deployment's members, hold a share for ``quota`` until the block ends, then leave."""
+        self.quota = quota
+        quota.on_learned = self.learned
+        await self._join()  # before the pool starts: nothing is sent until a unit is held
+        loop = asyncio.ensure_future(self._run())
+        try:
+            yield self
+        finally:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+            await asyncio.shield(self._leave())
+
+    async def _join(self) -> None:
+        while self.held.units == 0:  # nothing may be sent before a unit is ours
+            await self.step()
+            if self.held.units == 0:
+                await asyncio.sleep(POLL_S)
+        log.info("shared_quota_joined", limits=self.names.units, units=self.held.units, aim=self.aim)
+
+    async def _run(self) -> None:
+        assert self.quota is not None
+        while True:
+            await asyncio.sleep(POLL_S)
+            try:
+                await self.step()
+            except Exception as exc:  # the server unreachable, or an answer not understood: try again
+                log.warning("shared_quota_unreachable", limits=self.names.units, error=type(exc).__name__)
+            if self._stale():
+                self.quota.set_share(0.0)
+
+    def _stale(self) -> bool:
+        """Whether the leases may expire before they are renewed (then the units may be someone else's)."""
+        return time.monotonic() - self.held.renewed_at > LEASE_S * 0.75
+
+    async def step(self) -> None:
+        """Look at the members and the free units once: join or step aside, give back, take, renew, adopt.
+
+        A process is a member only while its pool has a use for its share (``Quota.wants``):
+        one whose rows are done, or that waits on answers rather than on room, steps aside,
+        and what its window copy no longer holds goes to the others.
+        """
+        assert self.quota is not None
+        wanting = self.quota.wants(IDLE_S)
+        if wanting and self.held.member is None:
+            self.held.member = await self._lease(self.names.members, 1)
+        elif not wanting and self.held.member is not None:
+            await self._release(self.held.member)
+            self.held.member = None
+        member = self.held.member is not None
+        if member:
+            members = await self.client.read_global_concurrency_limit_by_name(self.names.members)
+            self.aim = target(max(1, members.active_slots))
+        else:
+            self.aim = 0
+        await self._give_back(self.aim)
+        if member and self.held.units < self.aim:
+            units = await self.client.read_global_concurrency_limit_by_name(self.names.units)
+            free = min(units.limit - units.active_slots, self.aim - self.held.units)
+            for _ in range(max(0, free)):
+                lease = await self._lease(self.names.units, 1)
+                if lease is None:
+                    break  # another process took them first
+                self.held.leases[lease] = 1
+                self.taken += 1
+        if time.monotonic() - self.held.renewed_at > RENEW_S:
+            await self._renew()
+        if self._stale():
+            self.quota.set_share(0.0)
+        elif member:
+            self.quota.set_share(in_force(self.held.units, self.aim), coming=self.aim / UNITS)
+        else:  # stepped aside: what is still held may be used if rows come back before it goes
+            self.quota.set_share(self.held.units / UNITS)
+        if time.monotonic() - self._learned_polled > LEARNED_POLL_S:
+            await self._adopt()
+
+    async def _give_back(self, aim: int) -> None:
+        assert self.quota is not None
+        ids = list(self.held.leases)
+        for index in releasable([self.held.leases[i] for i in ids], aim, self.quota.fullness(LATE_S)):
+            await self._release(ids[index])
+            self.released += self.held.leases.pop(ids[index])
+
+    async def _leave(self) -> None:
+        """Give up the member slot, then the units as the window copy empties (at once if nobody else is here)."""
+        assert self.quota is not None
+        self.quota.set_share(0.0)
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            if self.held.member is not None:
+                await self._release(self.held.member)
+                self.held.member = None
+            deadline = time.monotonic() + self.quota.ledger.window.window_s + 1.0
+            while self.held.leases and time.monotonic() < deadline:
+                members = await self.client.read_global_concurrency_limit_by_name(self.names.members)
+                if members.active_slots == 0:
+                    break
+                await self._give_back(0)
+                if self.held.leases:
+                    await asyncio.sleep(POLL_S)
+            for lease in list(self.held.leases):
+                await self._release(lease)
+                self.released += self.held.leases.pop(lease)
+        log.info("shared_quota_left", limits=self.names.units, units_left_to_expire=self.held.units)
 
     async def learned(self, tokens_share: float, requests_share: float) -> None:
-        """A process found the deployment admits this share of the stated quota: every process leases at it."""
-        async with self.writes:
-            await self.client.upsert_global_concurrency_limit_by_name(
-                self.limits.tokens_name, self.limits.token_capacity, self.limits.tokens_per_s * tokens_share)
-            await self.client.upsert_global_concurrency_limit_by_name(
-                self.limits.requests_name, self.limits.request_capacity, self.limits.requests_per_s * requests_share)
-        log.info("shared_quota_learned", limits=self.limits.tokens_name, tokens_share=round(tokens_share, 3),
+        """This process found the deployment admits these shares of the stated quota: tell the others."""
+        from prefect.variables import Variable
+
+        self._learned_seen = time.time()
+        async with self._writes:
+            await Variable.aset(self.names.learned, {"tokens": tokens_share, "requests": requests_share,
+                                                     "at": self._learned_seen}, overwrite=True)
+        log.info("shared_quota_learned", limits=self.names.units, tokens_share=round(tokens_share, 3),
                  requests_share=round(requests_share, 3))
 
-    def credit(self) -> Credit:
-        """A ``Credit`` for this endpoint's ``Quota``."""
-        return Credit(self.lease, token_chunk=self.limits.token_chunk, request_chunk=self.limits.request_chunk,
-                      most_tokens=self.limits.token_capacity,
-                      most_requests=self.limits.request_capacity // REQUEST_UNITS)
+    async def _adopt(self) -> None:
+        from prefect.variables import Variable
 
-    async def lease(self, tokens: int, requests: int) -> None:
-        if tokens:
-            await self._take(self.limits.tokens_name, tokens)
-        if requests:
-            await self._take(self.limits.requests_name, requests * REQUEST_UNITS)
+        assert self.quota is not None
+        self._learned_polled = time.monotonic()
+        value = await Variable.aget(self.names.learned)
+        if not isinstance(value, dict):
+            return
+        try:
+            at, tokens, requests = (float(value[k]) for k in ("at", "tokens", "requests"))
+        except (KeyError, TypeError, ValueError):
+            return  # not ours, or garbled: nothing learned
+        if at > self._learned_seen and time.time() - at < LEARNED_FRESH_S and tokens > 0 and requests > 0:
+            self._learned_seen = at
+            self.quota.adopt(tokens, requests)
+            log.info("shared_quota_adopted", limits=self.names.units, tokens_share=round(tokens, 3),
+                     requests_share=round(requests, 3))
 
-    async def _take(self, name: str, slots: int) -> None:
-        while True:
-            limit = await self.client.read_global_concurrency_limit_by_name(name)
-            short = limit.active_slots + slots - limit.limit
-            if short > 0:
-                # Processes that read the same state would ask at the same instant and one be
-                # refused: spread them over a third of a chunk (the room keeps decaying meanwhile).
-                spread = self.limits.token_capacity / 6 if name == self.limits.tokens_name else \
-                    self.limits.request_capacity / 6
-                await asyncio.sleep((short + random.uniform(0, spread)) / limit.slot_decay_per_second)
-                continue
+    async def _lease(self, name: str, slots: int) -> UUID | None:
+        """A lease of ``slots`` of limit ``name``, or ``None`` when it has no room."""
+        try:
+            async with self._writes:
+                response = await self.client.increment_concurrency_slots_with_lease(
+                    names=[name], slots=slots, mode="concurrency", lease_duration=LEASE_S)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 423:
+                return None
+            raise
+        return UUID(response.json()["lease_id"])
+
+    async def _release(self, lease: UUID) -> None:
+        async with self._writes:
+            await self.client.release_concurrency_slots_with_lease(lease)
+
+    async def _renew(self) -> None:
+        leases = ([self.held.member] if self.held.member is not None else []) + list(self.held.leases)
+        for lease in leases:
             try:
-                async with self.writes:
-                    await asyncio.wait_for(
-                        self.client.increment_concurrency_slots(names=[name], slots=slots, mode="rate_limit"),
-                        STALLED_S)
-                return
-            except TimeoutError:
-                # Stuck behind another write's lock (SQLite's busy handler can sleep a whole
-                # second or two): ask again. The stuck one may still go through; its slots are
-                # then never used, which costs a little rate but never overfills a window.
-                self.stalled += 1
+                async with self._writes:
+                    await self.client.renew_concurrency_lease(lease, lease_duration=LEASE_S)
             except httpx.HTTPStatusError as exc:
-                if exc.response.status_code != 423:
+                if exc.response.status_code not in (404, 410):
                     raise
-                self.refused += 1  # another process took the room first
-                await asyncio.sleep(random.uniform(0.01, 0.05))
+                # Expired before it was renewed (the server unreachable too long): its units are gone.
+                log.warning("shared_quota_lease_lost", limits=self.names.units, units=self.held.leases.get(lease, 0))
+                self.held.leases.pop(lease, None)
+                if lease == self.held.member:
+                    self.held.member = None  # joined again at the next step
+        self.held.renewed_at = time.monotonic()

@@ -104,24 +104,23 @@ async def run_shard(job: str | dict[str, Any], index: int, count: int, input: st
 @task(name="process-slice", cache_policy=NO_CACHE)
 async def process_slice(spec: JobSpec, files: list[str], progress: Earlier, index: int,
                         count: int, columns: InputSchema | None = None) -> SliceNote:
-    """``process_rows`` for one slice, its quota leased from the Prefect server; returns its note."""
+    """``process_rows`` for one slice, holding a share of each deployment's quota; returns its note."""
     from prefect.client.orchestration import get_client
 
-    from flows.shared_quota import Leaser, shared_limits
+    from flows.shared_quota import Holder, shared_names
 
     worker = worker_name()
     log.info("slice_started", index=index, count=count, worker=worker)
     metrics, save = await _metrics_of(spec, f"slice-{index}-of-{count}")
     async with get_client() as client:
-        leasers = [Leaser(client, shared_limits(e)) for e in spec.all_endpoints]
+        holders = [Holder(client, shared_names(e)) for e in spec.all_endpoints]
         layout = progress.layout.slice(index, count)
         execution = await execute(spec, files, earlier=progress, layout=layout,
                                   metrics=metrics, save_metrics=save,
-                                  credits=[leaser.credit() for leaser in leasers],
-                                  learners=[leaser.learned for leaser in leasers],
+                                  shares=holders,
                                   listeners=[ArtifactProgress(key=f"{PROGRESS_KEY}-{index}-of-{count}")],
                                   columns=columns)
-    note = SliceNote.of(execution, worker, lease_refusals=sum(x.refused for x in leasers))
+    note = SliceNote.of(execution, worker, units_handed_over=sum(x.released for x in holders))
     out = storage_for(spec.output)
     await asyncio.to_thread(out.write_bytes, out.join(spec.output, f"{SHARD_NOTES}/{index}-of-{count}.json"),
                             json.dumps(note.to_json()).encode())

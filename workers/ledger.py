@@ -18,6 +18,9 @@ from workers.shortwindow import SHORT_WINDOW_S, ShortWindow
 from workers.slowstart import SlowStart
 from workers.windows import Budget, Ticket, WindowLog
 
+#: A share this small is none (kept above zero so that the limits stay positive).
+NO_SHARE = 1e-3
+
 
 class Ledger:
     """Admission decisions for one deployment's quota; every method takes ``now``.
@@ -39,6 +42,10 @@ class Ledger:
                               max(1, int(tokens_per_minute / 60 * window_s)))
         self.burst_s = min(1.0 if burst_s is None else burst_s, window_s)
         self.estimate = QuotaEstimate(window_s, mode=mode, now=now)
+        #: The share of the deployment's quota this client may use (others send to it too: ``workers.shares``).
+        self.share = 1.0
+        #: The share the process will soon hold (``set_share``): a request too large for ``share`` waits for it.
+        self.coming_share = 1.0
         self.window = WindowLog(*self.stated_window, window_s, guard_s)
         self.requests = Budget(1.0, 1.0, now)
         self.tokens = Budget(1.0, 1.0, now)
@@ -90,10 +97,14 @@ class Ledger:
         """Put the estimate into the window copy and the budgets."""
         # Rates from the whole-number window limits, as a server computes them, a hair under: a
         # bucket refilled a fraction of a token faster than the server's refuses at its edge.
+        # The budgets pace at the deployment's rate, a share or not: when another process gives units
+        # back, what its window held leaves at that rate, and only the window copy bounds the share.
         rps = self.stated_window[0] / self.window_s * self.estimate.requests * 0.998
         tps = self.stated_window[1] / self.window_s * self.estimate.tokens * 0.998
-        self.window.request_limit = max(1, int(self.stated_window[0] * self.estimate.requests))
-        self.window.token_limit = max(1, int(self.stated_window[1] * self.estimate.tokens))
+        requests_share, tokens_share = self.estimate.requests * self.share, self.estimate.tokens * self.share
+        self.window.request_limit = max(1, int(self.stated_window[0] * requests_share))
+        self.window.token_limit = max(1, int(self.stated_window[1] * tokens_share))
+        self.window.largest = int(self.stated_window[1] * self.estimate.tokens * self.coming_share)
         if self.short is not None:
             self.short.apply(self.estimate.requests, self.estimate.tokens)
         for budget, rate in ((self.requests, rps), (self.tokens, tps)):
@@ -101,6 +112,37 @@ class Ledger:
             budget.per_second = rate
             span = self.window_s if self.model == "bucket" else self.burst_s * self._burst_share
             budget.capacity = max(1.0, rate * span)
+
+    def set_share(self, now: float, share: float, coming: float | None = None) -> None:
+        """Use ``share`` of the deployment's quota from ``now`` (none at all: nothing is admitted).
+
+        ``coming``: the share the process is still acquiring, if larger. A request too large for
+        the window of ``share`` waits for that one's, rather than overfill the deployment's
+        window now (with no more coming, it goes alone in an empty window of its share).
+        """
+        share = max(NO_SHARE, min(1.0, share))
+        coming = max(share, min(1.0, coming or share))
+        if share != self.share or coming != self.coming_share:
+            shrinking, self.share, self.coming_share = share < self.share, share, coming
+            self._apply(now)
+            for budget in (self.requests, self.tokens):
+                if self.total_requests == 0:  # nothing sent yet: the first burst is this share's
+                    budget.level = budget.capacity
+                elif shrinking:  # a burst saved at the larger share is not this share's to spend
+                    budget.level = min(budget.level, budget.capacity)
+
+    def fullness(self, now: float, late_s: float = 0.0) -> float:
+        """What the window copy holds, as a share of the whole deployment's believed window;
+        ``late_s``: as if the server had stamped every request that much later than the copy."""
+        self.window.expire(now)
+        requests, tokens = self.window.held_since(now - self.window.window_s - late_s)
+        return max(requests / (self.stated_window[0] * self.estimate.requests),
+                   tokens / (self.stated_window[1] * self.estimate.tokens))
+
+    def adopt(self, now: float, tokens_share: float, requests_share: float) -> None:
+        """Another process sending to this deployment learned it admits these shares of the stated quota."""
+        if self.estimate.on_limit(now, tokens_share, requests_share):
+            self._apply(now)
 
     def _tick(self, now: float) -> None:
         if self.total_requests == 0:
@@ -126,6 +168,8 @@ class Ledger:
 
     def _wait(self, now: float, tokens: int) -> float:
         """``delay`` once ``_tick`` has run for ``now``."""
+        if self.share <= NO_SHARE:
+            return self.window.window_s  # nothing of the quota is this client's now
         wait = max(
             self.paused_until - now,
             self.requests.wait(now, 1),
@@ -318,6 +362,7 @@ class Ledger:
             return False, False
         # The server held at least what the copy holds, and less than that plus the refused
         # request: take the middle.
-        used_tokens = (self.window.tokens + refused / 2) / self.stated_window[1]
-        used_requests = (self.window.requests + 0.5) / self.stated_window[0]
+        # (Holding a share of the quota, the others are taken to hold theirs: the server held that much more.)
+        used_tokens = (self.window.tokens + refused / 2) / self.stated_window[1] / self.share
+        used_requests = (self.window.requests + 0.5) / self.stated_window[0] / self.share
         return self.estimate.on_429(now, used_tokens, used_requests), False

@@ -78,6 +78,9 @@ class WindowLog:
     def __init__(self, request_limit: int, token_limit: int, window_s: float, guard_s: float = 0.0):
         self.request_limit = request_limit
         self.token_limit = token_limit
+        #: A request larger than the whole window goes alone in an empty window, charged as this
+        #: large (``None``: the token limit); larger for a share of a quota that is still growing.
+        self.largest: int | None = None
         self.server_window_s = window_s
         # Entries are kept a little past the window: the server stamps a request when it
         # arrives, and a request that overtakes an older one in flight must still fit.
@@ -102,7 +105,7 @@ class WindowLog:
     def wait(self, now: float, tokens: int) -> float:
         """Seconds until one more request of ``tokens`` fits the window."""
         self.expire(now)
-        tokens = min(tokens, self.token_limit)
+        tokens = min(tokens, max(self.token_limit, self.largest or 0))
         requests, used = self.requests, self.tokens
         if requests + 1 <= self.request_limit and used + tokens <= self.token_limit:
             return 0.0
@@ -112,6 +115,16 @@ class WindowLog:
             if requests + 1 <= self.request_limit and used + tokens <= self.token_limit:
                 return max(1e-3, entry.stamp + self.window_s - now)
         return self.window_s
+
+    def held_since(self, start: float) -> tuple[int, int]:
+        """The requests and tokens of the entries stamped after ``start`` (what is still kept)."""
+        requests = tokens = 0
+        for entry in reversed(self._entries):
+            if entry.stamp <= start:
+                break
+            requests += entry.requests
+            tokens += entry.tokens
+        return requests, tokens
 
     def entries_since(self, start: float) -> list[Entry]:
         """The entries stamped after ``start`` (what is still kept)."""

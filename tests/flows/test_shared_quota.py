@@ -123,3 +123,34 @@ async def test_what_one_process_learns_the_others_adopt() -> None:
             assert hearer.ledger.estimate.tokens == pytest.approx(0.2)
             assert hearer.ledger.estimate.requests == pytest.approx(0.25)
             assert hearer.ledger.learned_per_minute == (150, 12_000)
+
+
+async def test_a_dead_process_units_are_taken_only_once_its_leases_are_gone() -> None:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    endpoint = _endpoint("shared-dead")
+    await ensure_shared_limits((endpoint,))
+    names = shared_names(endpoint)
+    async with get_client() as client:
+        # What a killed process leaves on the server: its member slot and all the units, never given back.
+        left = [UUID((await client.increment_concurrency_slots_with_lease(
+            names=[name], slots=slots, mode="concurrency", lease_duration=60)).json()["lease_id"])
+            for name, slots in ((names.members, 1), (names.units, UNITS))]
+        quota = Quota(600, 60_000, window_s=10, shared=True)
+        survivor = Holder(client, names)
+        joining = asyncio.ensure_future(_hold_until_cancelled(survivor, quota))
+        await asyncio.sleep(2.0)
+        assert not joining.done() and survivor.held.units == 0  # nothing to send on: the units are the dead one's
+        for lease in left:  # the leases expire (the server's repossessor releases them)
+            await client.release_concurrency_slots_with_lease(lease)
+        await _until(lambda: survivor.held.units == UNITS)
+        assert quota.ledger.share == 1.0
+        joining.cancel()
+        await asyncio.gather(joining, return_exceptions=True)
+
+
+async def _hold_until_cancelled(holder: Holder, quota: Quota) -> None:
+    async with holder.holding(quota):
+        await asyncio.Event().wait()

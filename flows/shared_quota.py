@@ -230,9 +230,13 @@ class Holder:
         from prefect.variables import Variable
 
         self._learned_seen = time.time()
-        async with self._writes:
-            await Variable.aset(self.names.learned, {"tokens": tokens_share, "requests": requests_share,
-                                                     "at": self._learned_seen}, overwrite=True)
+        try:
+            async with self._writes:
+                await Variable.aset(self.names.learned, {"tokens": tokens_share, "requests": requests_share,
+                                                         "at": self._learned_seen}, overwrite=True)
+        except Exception as exc:  # the others learn it from their own 429s instead
+            log.warning("shared_quota_not_told", limits=self.names.units, error=type(exc).__name__)
+            return
         log.info("shared_quota_learned", limits=self.names.units, tokens_share=round(tokens_share, 3),
                  requests_share=round(requests_share, 3))
 

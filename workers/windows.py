@@ -78,8 +78,9 @@ class WindowLog:
     def __init__(self, request_limit: int, token_limit: int, window_s: float, guard_s: float = 0.0):
         self.request_limit = request_limit
         self.token_limit = token_limit
-        #: A request larger than the whole window goes alone in an empty window, charged as this
-        #: large (``None``: the token limit); larger for a share of a quota that is still growing.
+        #: A request larger than the whole window goes alone once the window is empty, but one no
+        #: larger than this waits for the limit to grow to it (a share of a quota still growing;
+        #: ``None``: the token limit, no waiting).
         self.largest: int | None = None
         self.server_window_s = window_s
         # Entries are kept a little past the window: the server stamps a request when it

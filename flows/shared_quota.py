@@ -117,6 +117,7 @@ class Holder:
         self.taken = 0
         self._learned_seen: float = 0.0
         self._learned_polled = 0.0
+        self._leaving = False
         # One write to the server at a time from this process (SQLite takes one writer at a time anyway).
         self._writes = asyncio.Lock()
 
@@ -176,6 +177,7 @@ class Holder:
             self.aim = target(max(1, members.active_slots))
         else:
             self.aim = 0
+        self._apply_share()  # a lower aim holds from now, before anything is given back
         await self._give_back(self.aim)
         if member and self.held.units < self.aim:
             units = await self.client.read_global_concurrency_limit_by_name(self.names.units)
@@ -186,28 +188,42 @@ class Holder:
                     break  # another process took them first
                 self.held.leases[lease] = 1
                 self.taken += 1
+        self._apply_share()
         if time.monotonic() - self.held.renewed_at > RENEW_S:
             await self._renew()
-        if self._stale():
-            self.quota.set_share(0.0)
-        elif member:
-            self.quota.set_share(in_force(self.held.units, self.aim), coming=self.aim / UNITS)
-        else:  # stepped aside: what is still held may be used if rows come back before it goes
-            self.quota.set_share(self.held.units / UNITS)
+            self._apply_share()
         if time.monotonic() - self._learned_polled > LEARNED_POLL_S:
             await self._adopt()
 
+    def _apply_share(self) -> None:
+        """Put what is held now into the quota (none while leaving or when the leases may have expired)."""
+        assert self.quota is not None
+        if self._leaving or self._stale():
+            self.quota.set_share(0.0)
+        elif self.held.member is not None:
+            self.quota.set_share(in_force(self.held.units, self.aim), coming=self.aim / UNITS)
+        else:  # stepped aside: what is still held may be used if rows come back before it goes
+            self.quota.set_share(self.held.units / UNITS)
+
     async def _give_back(self, aim: int) -> None:
+        """Give back the units the window copy no longer needs: dropped from the share first, then
+        released (a release that fails leaves the unit to expire, unused)."""
         assert self.quota is not None
         ids = list(self.held.leases)
-        for index in releasable([self.held.leases[i] for i in ids], aim, self.quota.fullness(LATE_S)):
-            await self._release(ids[index])
-            self.released += self.held.leases.pop(ids[index])
+        going = [ids[i] for i in releasable([self.held.leases[i] for i in ids], aim, self.quota.fullness(LATE_S))]
+        if not going:
+            return
+        for lease in going:
+            self.released += self.held.leases.pop(lease)
+        self._apply_share()
+        for lease in going:
+            await self._release(lease)
 
     async def _leave(self) -> None:
         """Give up the member slot, then the units as the window copy empties (at once if nobody else is here)."""
         assert self.quota is not None
-        self.quota.set_share(0.0)
+        self._leaving = True
+        self._apply_share()
         with contextlib.suppress(httpx.HTTPError, OSError):
             if self.held.member is not None:
                 await self._release(self.held.member)

@@ -108,7 +108,7 @@ async def execute(spec: JobSpec, files: list[str], *, lookahead: int = DEFAULT_L
                         rows_total=rows_total, clock=clock)
     async with AsyncExitStack() as helpers:
         helpers.push_async_callback(_close, lanes)
-        for lane, holder in zip(lanes, shares or (), strict=False):
+        for lane, holder in zip(lanes, shares, strict=True) if shares is not None else ():
             await helpers.enter_async_context(holder.holding(lane.quota))
         if handle_signals:
             helpers.enter_context(stop_on_signals(engine))

@@ -20,8 +20,9 @@ server keeps two global concurrency limits, used with leases:
 Leases last ``LEASE_S`` (Prefect's shortest) and are renewed while the process runs, so
 a process that dies gives its units back when its leases expire (a minute, plus up to the
 server's repossessor interval); until then the others run on their own shares. A process
-leaving (its slice done) gives up its member slot first, then its units as its window
-empties; the last one leaves them at once.
+whose leases may expire before a renewal gets through admits nothing (a timer, not the
+poll). A process leaving (its slice done) gives up its member slot first, then its units
+as its window empties (a window at most).
 
 What a process learns of the real quota (``Quota.on_learned``) is kept in a Prefect
 Variable beside the limits; the others adopt it (``Quota.adopt``) within ``LEARNED_POLL_S``.
@@ -118,6 +119,9 @@ class Holder:
         self._learned_seen: float = 0.0
         self._learned_polled = 0.0
         self._leaving = False
+        self._expiry: asyncio.TimerHandle | None = None
+        #: Units this process expects to hold soon (its aim, as far as free units were seen).
+        self._coming = 0
         # One write to the server at a time from this process (SQLite takes one writer at a time anyway).
         self._writes = asyncio.Lock()
 
@@ -126,14 +130,19 @@ class Holder:
         """Join the deployment's members, hold a share for ``quota`` until the block ends, then leave."""
         self.quota = quota
         quota.on_learned = self.learned
-        await self._join()  # before the pool starts: nothing is sent until a unit is held
-        loop = asyncio.ensure_future(self._run())
+        self._arm()
+        loop: asyncio.Future[None] | None = None
         try:
+            await self._join()  # before the pool starts: nothing is sent until a unit is held
+            loop = asyncio.ensure_future(self._run())
             yield self
         finally:
-            loop.cancel()
-            await asyncio.gather(loop, return_exceptions=True)
+            if loop is not None:
+                loop.cancel()
+                await asyncio.gather(loop, return_exceptions=True)
             await asyncio.shield(self._leave())
+            if self._expiry is not None:
+                self._expiry.cancel()
 
     async def _join(self) -> None:
         while self.held.units == 0:  # nothing may be sent before a unit is ours
@@ -150,12 +159,18 @@ class Holder:
                 await self.step()
             except Exception as exc:  # the server unreachable, or an answer not understood: try again
                 log.warning("shared_quota_unreachable", limits=self.names.units, error=type(exc).__name__)
-            if self._stale():
-                self.quota.set_share(0.0)
 
     def _stale(self) -> bool:
         """Whether the leases may expire before they are renewed (then the units may be someone else's)."""
         return time.monotonic() - self.held.renewed_at > LEASE_S * 0.75
+
+    def _arm(self) -> None:
+        """Drop the share when the leases may expire, whatever the holder is waiting on then (a
+        renewal stuck behind the server's lock must not leave units in use that others may take)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        due = self.held.renewed_at + LEASE_S * 0.75 - time.monotonic()
+        self._expiry = asyncio.get_running_loop().call_later(max(0.0, due), self._apply_share)
 
     async def step(self) -> None:
         """Look at the members and the free units once: join or step aside, give back, take, renew, adopt.
@@ -172,16 +187,22 @@ class Holder:
             await self._release(self.held.member)
             self.held.member = None
         member = self.held.member is not None
+        count = 0
         if member:
-            members = await self.client.read_global_concurrency_limit_by_name(self.names.members)
-            self.aim = target(max(1, members.active_slots))
+            count = (await self.client.read_global_concurrency_limit_by_name(self.names.members)).active_slots
+            self.aim = target(max(1, count))
         else:
             self.aim = 0
         self._apply_share()  # a lower aim holds from now, before anything is given back
         await self._give_back(self.aim)
+        self._coming = self.held.units
         if member and self.held.units < self.aim:
             units = await self.client.read_global_concurrency_limit_by_name(self.names.units)
             free = min(units.limit - units.active_slots, self.aim - self.held.units)
+            # Units still held by a shrinking process come too; with none free and the others at their
+            # aims (the last unit of an uneven split went elsewhere), nothing more is coming.
+            others_over = units.active_slots - self.held.units > (count - 1) * self.aim
+            self._coming = self.aim if free > 0 or others_over else self.held.units
             for _ in range(max(0, free)):
                 lease = await self._lease(self.names.units, 1)
                 if lease is None:
@@ -201,7 +222,7 @@ class Holder:
         if self._leaving or self._stale():
             self.quota.set_share(0.0)
         elif self.held.member is not None:
-            self.quota.set_share(in_force(self.held.units, self.aim), coming=self.aim / UNITS)
+            self.quota.set_share(in_force(self.held.units, self.aim), coming=max(self._coming, 0) / UNITS)
         else:  # stepped aside: what is still held may be used if rows come back before it goes
             self.quota.set_share(self.held.units / UNITS)
 
@@ -224,22 +245,23 @@ class Holder:
         assert self.quota is not None
         self._leaving = True
         self._apply_share()
-        with contextlib.suppress(httpx.HTTPError, OSError):
-            if self.held.member is not None:
+        if self.held.member is not None:
+            with contextlib.suppress(httpx.HTTPError, OSError):
                 await self._release(self.held.member)
-                self.held.member = None
-            deadline = time.monotonic() + self.quota.ledger.window.window_s + 1.0
-            while self.held.leases and time.monotonic() < deadline:
-                members = await self.client.read_global_concurrency_limit_by_name(self.names.members)
-                if members.active_slots == 0:
-                    break
+            self.held.member = None
+        # Not at once even when no other process is a member: one that stepped aside may join again
+        # any moment and take a unit while this one's requests are still in the deployment's window.
+        deadline = time.monotonic() + self.quota.ledger.window.window_s + 1.0
+        while self.held.leases and time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, OSError):
                 await self._give_back(0)
-                if self.held.leases:
-                    await asyncio.sleep(POLL_S)
-            for lease in list(self.held.leases):
+            if self.held.leases:
+                await asyncio.sleep(POLL_S)
+        for lease in list(self.held.leases):
+            self.released += self.held.leases.pop(lease)
+            with contextlib.suppress(httpx.HTTPError, OSError):
                 await self._release(lease)
-                self.released += self.held.leases.pop(lease)
-        log.info("shared_quota_left", limits=self.names.units, units_left_to_expire=self.held.units)
+        log.info("shared_quota_left", limits=self.names.units, units_handed_over=self.released)
 
     async def learned(self, tokens_share: float, requests_share: float) -> None:
         """This process found the deployment admits these shares of the stated quota: tell the others."""
@@ -291,6 +313,7 @@ class Holder:
             await self.client.release_concurrency_slots_with_lease(lease)
 
     async def _renew(self) -> None:
+        started = time.monotonic()  # each lease lasts from its own renewal: the first one renewed is the oldest
         leases = ([self.held.member] if self.held.member is not None else []) + list(self.held.leases)
         for lease in leases:
             try:
@@ -304,4 +327,5 @@ class Holder:
                 self.held.leases.pop(lease, None)
                 if lease == self.held.member:
                     self.held.member = None  # joined again at the next step
-        self.held.renewed_at = time.monotonic()
+        self.held.renewed_at = started
+        self._arm()

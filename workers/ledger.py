@@ -10,13 +10,14 @@ by ``retry-after``), and keeps what it believes the deployment admits in a
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 from workers import shortwindow
 from workers.learning import QuotaEstimate, QuotaMode, read_hints, unexplained_usage
 from workers.shortwindow import SHORT_WINDOW_S, ShortWindow
 from workers.slowstart import SlowStart
-from workers.windows import Budget, Ticket, WindowLog
+from workers.windows import Budget, Entry, Ticket, WindowLog
 
 #: A share this small is none (kept above zero so that the limits stay positive).
 NO_SHARE = 1e-3
@@ -46,6 +47,9 @@ class Ledger:
         self.share = 1.0
         #: The share the process will soon hold (``set_share``): a request too large for ``share`` waits for it.
         self.coming_share = 1.0
+        #: This client's admissions over the window copy's span and ``keep_recent``'s extra (``fullness``).
+        self._recent: deque[Entry] = deque()
+        self._recent_extra_s = 0.0
         self.window = WindowLog(*self.stated_window, window_s, guard_s)
         self.requests = Budget(1.0, 1.0, now)
         self.tokens = Budget(1.0, 1.0, now)
@@ -106,7 +110,7 @@ class Ledger:
         self.window.token_limit = max(1, int(self.stated_window[1] * tokens_share))
         self.window.largest = int(self.stated_window[1] * self.estimate.tokens * self.coming_share)
         if self.short is not None:
-            self.short.apply(self.estimate.requests, self.estimate.tokens)
+            self.short.apply(requests_share, tokens_share)
         for budget, rate in ((self.requests, rps), (self.tokens, tps)):
             budget.refill(now)
             budget.per_second = rate
@@ -123,19 +127,25 @@ class Ledger:
         share = max(NO_SHARE, min(1.0, share))
         coming = max(share, min(1.0, coming or share))
         if share != self.share or coming != self.coming_share:
-            shrinking, self.share, self.coming_share = share < self.share, share, coming
+            self.share, self.coming_share = share, coming
             self._apply(now)
-            for budget in (self.requests, self.tokens):
-                if self.total_requests == 0:  # nothing sent yet: the first burst is this share's
-                    budget.level = budget.capacity
-                elif shrinking:  # a burst saved at the larger share is not this share's to spend
-                    budget.level = min(budget.level, budget.capacity)
+
+    def keep_recent(self, extra_s: float) -> None:
+        """Remember admissions ``extra_s`` seconds past the window copy's span, for ``fullness``."""
+        self._recent_extra_s = extra_s
 
     def fullness(self, now: float, late_s: float = 0.0) -> float:
-        """What the window copy holds, as a share of the whole deployment's believed window;
-        ``late_s``: as if the server had stamped every request that much later than the copy."""
-        self.window.expire(now)
-        requests, tokens = self.window.held_since(now - self.window.window_s - late_s)
+        """What this client's admissions still hold of the deployment's window, as a share of the
+        whole believed window; ``late_s`` (up to what ``keep_recent`` keeps): as if the server had
+        stamped every request that much later than the copy."""
+        late_s = min(late_s, self._recent_extra_s)
+        start = now - self.window.window_s - late_s
+        requests = tokens = 0
+        for entry in reversed(self._recent):  # refunded entries count nothing (their counts are zeroed)
+            if entry.stamp <= start:
+                break
+            requests += entry.requests
+            tokens += entry.tokens
         return max(requests / (self.stated_window[0] * self.estimate.requests),
                    tokens / (self.stated_window[1] * self.estimate.tokens))
 
@@ -216,6 +226,10 @@ class Ledger:
         self.requests.take(now, 1)
         self.tokens.take(now, tokens)
         entry = self.window.add(now, 1, tokens)
+        if self._recent_extra_s:
+            self._recent.append(entry)
+            while self._recent[0].stamp <= now - self.window.window_s - self._recent_extra_s:
+                self._recent.popleft()
         short = self.short.log.add(now, 1, tokens) if self.short is not None else None
         self.total_requests += 1
         self.total_tokens += tokens
@@ -353,7 +367,7 @@ class Ledger:
         if self.short is not None:
             used = self.short.used(refused, retry_after_s)
             if used is not None:
-                return self.estimate.on_429(now, *used), False
+                return self.estimate.on_429(now, used[0] / self.share, used[1] / self.share), False
             self.short = None
         elif shortwindow.suggested(self.window, self.window_s, held, retry_after_s):
             self.short = ShortWindow(self.stated_window, self.window_s, self.window.guard_s,

@@ -39,6 +39,8 @@ __all__ = ["Budget", "Entry", "Ledger", "Quota", "Ticket", "WindowLog"]
 
 #: Shared, an admission waiting for room asks again this often: a share that grows is used at once.
 SHARED_RECHECK_S = 0.1
+#: Shared, admissions are remembered this long past the window copy's span (``Ledger.fullness``'s lateness).
+RECENT_EXTRA_S = 1.0
 
 
 class Quota:
@@ -60,6 +62,8 @@ class Quota:
         self.ledger = Ledger(requests_per_minute, tokens_per_minute, window_s=window_s, burst_s=burst_s,
                              now=self._clock(), mode=mode, first_window=not shared)
         self.shared = shared
+        if shared:
+            self.ledger.keep_recent(RECENT_EXTRA_S)
         self.name = name
         self._line = asyncio.Lock()
         #: Requests waiting for admission, and when the last one was admitted (``wants``).

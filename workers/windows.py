@@ -117,16 +117,6 @@ class WindowLog:
                 return max(1e-3, entry.stamp + self.window_s - now)
         return self.window_s
 
-    def held_since(self, start: float) -> tuple[int, int]:
-        """The requests and tokens of the entries stamped after ``start`` (what is still kept)."""
-        requests = tokens = 0
-        for entry in reversed(self._entries):
-            if entry.stamp <= start:
-                break
-            requests += entry.requests
-            tokens += entry.tokens
-        return requests, tokens
-
     def entries_since(self, start: float) -> list[Entry]:
         """The entries stamped after ``start`` (what is still kept)."""
         return [e for e in self._entries if e.stamp > start]

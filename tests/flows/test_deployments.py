@@ -145,7 +145,7 @@ def test_two_workers_share_one_quota(deployed: dict[str, str], simulator: Callab
     utilization = stats["admitted_tokens"] / (200_000 / 60 * span)
     print(f"two workers, one quota: {stats['admitted_tokens']:,} tokens admitted in {span:.1f} s = "
           f"{utilization:.1%} of 200,000 tokens/min; peak 10 s window {stats['peak_window_tokens']:,} of "
-          f"{stats['window_token_limit']:,}")
+          f"{stats['window_token_limit']:,}; {stats.get('rate_limited', 0)} × 429")
     # The README gives the figure measured alone (0.97-0.98); this guards against a collapse (≈ 0.1). Beside
     # the other worker's tests on two cores it has been seen at 0.70 (a 70 s span for 53 s of quota), so the
     # floor sits well under that: a real-time share is the benchmark's to measure, not a test's.

@@ -74,8 +74,8 @@ async def test_a_second_process_gets_units_only_as_the_first_ones_window_empties
                 members = await client_a.read_global_concurrency_limit_by_name(names.members)
                 assert members.active_slots == 1
                 joined.cancel()
-            # The second one left (nobody else a member: its units went at once); a row to send brings the
-            # first one back, and it takes the whole quota.
+            # The second one left (its window empty: it had sent nothing, so its units went at once); a row to
+            # send brings the first one back, and it takes the whole quota.
             await first.admit(1_000)
             assert a.held.units == UNITS and first.ledger.share == 1.0 and b.held.units == 0
         members = await client_a.read_global_concurrency_limit_by_name(names.members)

@@ -136,8 +136,8 @@ def test_two_workers_share_one_quota(deployed: dict[str, str], simulator: Callab
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith("_shards") or "_journal" in str(p)]
 
     stats = sim.stats()
-    # No 429 in four runs (one beside two busy loops); beside the suite on two cores the server stamps requests
-    # late and 2 of 602 were refused once (each one refunded and sent again): no storm, ≤ 1 %.
+    # No 429 in eight runs alone; beside the suite on two cores 2 of 602 were refused once (before a race
+    # in handing units over was mended; each one refunded and sent again): no storm, ≤ 1 %.
     assert stats.get("rate_limited", 0) <= ROWS // 100
     assert stats["peak_window_tokens"] <= stats["window_token_limit"]
     assert stats["peak_window_requests"] <= stats["window_request_limit"]
@@ -146,7 +146,7 @@ def test_two_workers_share_one_quota(deployed: dict[str, str], simulator: Callab
     print(f"two workers, one quota: {stats['admitted_tokens']:,} tokens admitted in {span:.1f} s = "
           f"{utilization:.1%} of 200,000 tokens/min; peak 10 s window {stats['peak_window_tokens']:,} of "
           f"{stats['window_token_limit']:,}; {stats.get('rate_limited', 0)} × 429")
-    # The README gives the figure measured alone (0.97-0.98); this guards against a collapse (≈ 0.1). Beside
+    # The README gives the figure measured alone (0.94-1.00); this guards against a collapse (≈ 0.1). Beside
     # the other worker's tests on two cores it has been seen at 0.70 (a 70 s span for 53 s of quota), so the
     # floor sits well under that: a real-time share is the benchmark's to measure, not a test's.
     assert utilization >= 0.5

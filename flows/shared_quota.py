@@ -113,9 +113,8 @@ class Holder:
         self.held = _Held(renewed_at=time.monotonic())  # no lease older than this
         self.quota: Quota | None = None
         self.aim = UNITS
-        #: Units given back and taken, for the slice's note and the tests.
+        #: Units given back, for the slice's note.
         self.released = 0
-        self.taken = 0
         self._learned_seen: float = 0.0
         self._learned_polled = 0.0
         self._leaving = False
@@ -152,7 +151,6 @@ class Holder:
         log.info("shared_quota_joined", limits=self.names.units, units=self.held.units, aim=self.aim)
 
     async def _run(self) -> None:
-        assert self.quota is not None
         while True:
             await asyncio.sleep(POLL_S)
             try:
@@ -208,7 +206,6 @@ class Holder:
                 if lease is None:
                     break  # another process took them first
                 self.held.leases[lease] = 1
-                self.taken += 1
         self._apply_share()
         if time.monotonic() - self.held.renewed_at > RENEW_S:
             await self._renew()

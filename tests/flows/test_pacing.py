@@ -73,5 +73,6 @@ def test_an_overstated_quota_is_learned_and_said(tmp_path: Path, simulator: Call
     stats = sim.stats()
     # At 50 requests/s against a 2 s window the few requests in flight when each lesson is drawn
     # are refused too; the real-time figure (40,000 tokens/min, 10 s windows) is in the benchmark.
-    # (23 seen once beside the suite on two cores, a loaded client having more in flight at each lesson.)
-    assert stats.get("rate_limited", 0) <= 30, stats
+    # 13-14 alone (before and after the shared-quota change); beside the suite on two cores 23 and 33 were
+    # seen, a loaded client having more in flight at each lesson: the bound catches a storm, not that.
+    assert stats.get("rate_limited", 0) <= 40, stats
